@@ -1,0 +1,376 @@
+"""RunConfig: the single description of a fine-tuning run.
+
+Nested dataclasses whose fields carry plain-language help. The same object builds the UI form,
+the CLI flags, the run folder's config.yaml and the training subprocess's arguments.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+MISTRAL_7B = "mistralai/Mistral-7B-Instruct-v0.2"
+
+
+def _f(default, help: str, choices: tuple | None = None, **kw):
+    """A dataclass field with help text (and optional allowed choices) in its metadata."""
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        EMBEDDED_MODEL,
+        "Which base model to fine-tune. 'embedded:SmolLM2-135M-Instruct' is a tiny model shipped "
+        "with the workbench that runs offline on a CPU; 'mistralai/Mistral-7B-Instruct-v0.2' is the "
+        "classic 7-billion-parameter choice and needs a GPU; any Hugging Face model id or a local "
+        "model folder also works.")
+    load_in_4bit: bool = _f(
+        True,
+        "Store the frozen base model in 4 bits (QLoRA). Cuts memory about 4x versus 16-bit, so a "
+        "7B model fits a 16 GB GPU; quality loss is small because only the small LoRA adapter is trained.")
+    quant_type: str = _f("nf4", "4-bit number format. 'nf4' (NormalFloat) suits neural network weights best.",
+                         choices=("nf4", "fp4"))
+    double_quant: bool = _f(True, "Also compress the quantization constants themselves; saves ~0.4 bits per weight.")
+    compute_dtype: str = _f(
+        "bfloat16",
+        "Precision of the arithmetic. 'bfloat16' is fast and stable on modern GPUs and CPUs; "
+        "'float16' for older GPUs (T4, V100) that lack bfloat16; 'float32' is slowest but safest.",
+        choices=("bfloat16", "float16", "float32"))
+    max_seq_length: int = _f(
+        512,
+        "Longest example, in tokens, the model sees; longer ones are cut. Longer means more memory "
+        "and time per step. Check the Data tab's token-length chart to pick a value that covers most answers.")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "sample",
+        "Where the questions and answers come from: 'sample' (the small set shipped with the "
+        "workbench), 'dbdemos' (the Databricks documentation Q&A set from a local folder), or a "
+        "path to a CSV, Parquet, JSON/JSONL file or a saved Hugging Face dataset folder.")
+    dbdemos_dir: str = _f("", "Folder holding the dbdemos parquet files (used when source is 'dbdemos').")
+    columns: dict = _f({}, "How file columns map onto the record: e.g. {instruction: question, output: answer}. "
+                           "Empty means guess from common names.")
+    cleaning: list = _f(
+        ["strip_quotes", "strip_numbering", "drop_generator_chatter", "drop_short_answers",
+         "drop_duplicate_pairs"],
+        "Cleaning steps applied before training, in order (see the Data tab for what each one changes).")
+    eval_fraction: float = _f(
+        0.1, "Share of questions held out for evaluation and never trained on (0.1 = 10%).")
+    split_seed: int = _f(42, "Seed of the train/eval split; the same seed and data always give the same split.")
+    max_train_examples: int = _f(0, "Use at most this many training examples (0 = all). Handy for a quick try.")
+    max_eval_examples: int = _f(0, "Use at most this many evaluation examples (0 = all).")
+    template: str = _f(
+        "chat",
+        "How a question/answer pair is turned into text. 'chat' uses the model's own chat template "
+        "(best for instruct models); 'instruction' uses the plain '### Instruction / ### Response' layout.",
+        choices=("chat", "instruction"))
+    system_prompt: str = _f("", "Optional system message put before every question (chat template only).")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _f(
+        16,
+        "LoRA rank: how big the small trainable 'adapter' matrices are. Higher (32, 64) can learn more "
+        "but uses more memory and can overfit small data; 8-16 is typical.")
+    alpha: int = _f(
+        32,
+        "LoRA alpha: how strongly the adapter's change is applied (scale = alpha / r). "
+        "A common rule is alpha = 2 x r.")
+    dropout: float = _f(
+        0.05, "Randomly ignores this share of the adapter's inputs while training, to reduce overfitting.")
+    target_modules: list = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "Which layers get an adapter. The attention projections q/k/v/o are the classic choice; adding "
+        "gate_proj/up_proj/down_proj (the MLP) trains more weights for a bit more memory.")
+    bias: str = _f("none", "Whether bias terms are trained too; 'none' is standard for LoRA.",
+                   choices=("none", "all", "lora_only"))
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = _f(3.0, "Passes over the training data. 3 is the classic recipe; more risks memorising.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0 = run all epochs). Overrides epochs.")
+    batch_size: int = _f(4, "Examples processed together per step on the device. Lower it if you run out of memory.")
+    grad_accum: int = _f(
+        4,
+        "Gradient accumulation: add up this many small batches before each update. "
+        "Effective batch = batch size x accumulation (4 x 4 = 16) without the memory of a big batch.")
+    learning_rate: float = _f(
+        2e-4, "How big each update step is. 2e-4 is the usual QLoRA value; too high makes the loss jump or go NaN.")
+    lr_scheduler: str = _f("cosine", "How the learning rate changes over the run.",
+                           choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    warmup_ratio: float = _f(0.03, "Share of the run spent slowly ramping the learning rate up from zero.")
+    weight_decay: float = _f(0.0, "Pulls weights gently towards zero to reduce overfitting; 0 is common for LoRA.")
+    max_grad_norm: float = _f(1.0, "Clips very large updates, protecting against loss spikes.")
+    gradient_checkpointing: bool = _f(
+        True, "Recompute activations instead of storing them: ~30% slower, much less memory. Keep on for 7B models.")
+    optimizer: str = _f("adamw_torch", "Optimizer. 'paged_adamw_8bit' saves GPU memory (needs CUDA).",
+                        choices=("adamw_torch", "paged_adamw_8bit", "adamw_8bit", "sgd"))
+    logging_steps: int = _f(10, "Record loss, learning rate and speed every this many steps.")
+    eval_steps: int = _f(0, "Score the evaluation split every this many steps (0 = once per epoch).")
+    save_strategy: str = _f("epoch", "When to save a checkpoint you can resume from.", choices=("epoch", "steps"))
+    save_steps: int = _f(0, "With save strategy 'steps': save every this many steps.")
+    save_every_minutes: float = _f(30.0, "Also save a checkpoint at least this often, so a crash loses little (0 = off).")
+    seed: int = _f(42, "Random seed for the adapter's starting weights and data order.")
+    device: str = _f("auto", "Where to train: 'auto' picks the GPU when there is one.", choices=("auto", "cuda", "cpu"))
+    num_gpus: int = _f(1, "How many GPUs to use (more than 1 starts one process per GPU).")
+
+
+@dataclass
+class EvalSettings:
+    run_after_training: bool = _f(True, "Score base vs fine-tuned on the held-out split when training ends.")
+    max_new_tokens: int = _f(128, "Longest generated answer when scoring ROUGE/BLEU.")
+    max_examples: int = _f(50, "Score at most this many held-out questions (0 = all). Generation is the slow part.")
+    batch_size: int = _f(8, "Questions generated together while scoring.")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("", "A short name for the run, shown in the run list (optional).")
+    preset: str = _f("", "The preset this configuration started from.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The base model and how it is loaded."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data and its formatting."})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "The LoRA adapter."})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": "The optimisation schedule."})
+    eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Evaluation after training."})
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        return _build(cls, data or {}, "")
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "RunConfig":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"The file is not valid YAML: {e}"]) from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(["The YAML must be a mapping of sections (model:, data:, lora:, training:, eval:)."])
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"Config file {p} does not exist; write one with `python -m workbench config "
+                               f"--preset quick-demo-cpu > {p.name}`."])
+        return cls.from_yaml(p.read_text(encoding="utf-8"))
+
+    # -- flat view used by the CLI and the UI form ----------------------------------------------
+    def get(self, dotted: str) -> Any:
+        obj = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def set(self, dotted: str, value: Any) -> None:
+        *parents, last = dotted.split(".")
+        obj = self
+        for part in parents:
+            obj = getattr(obj, part)
+        if last not in {f.name for f in fields(obj)}:
+            raise ConfigError([f"Unknown setting '{dotted}'."])
+        setattr(obj, last, value)
+
+    def validate(self) -> list[str]:
+        """Return messages that say what is wrong and how to fix it (empty list = valid)."""
+        return validate(self)
+
+
+class ConfigError(ValueError):
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("; ".join(messages))
+
+
+def _build(cls, data: dict, prefix: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        raise ConfigError([f"Unknown setting(s) {names}; valid ones in this section: {', '.join(known)}."])
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        if cls is RunConfig and name in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError([f"'{prefix}{name}' must be a section (a mapping), not {type(value).__name__}."])
+            kwargs[name] = _build(_SECTIONS[name], value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "training": TrainingConfig,
+             "eval": EvalSettings}
+
+
+def iter_fields(cfg: RunConfig | None = None):
+    """Yield (dotted_name, dataclass_field, current_value) for every leaf setting."""
+    cfg = cfg or RunConfig()
+    for section in fields(RunConfig):
+        value = getattr(cfg, section.name)
+        if section.name in _SECTIONS:
+            for f in fields(value):
+                yield f"{section.name}.{f.name}", f, getattr(value, f.name)
+        else:
+            yield section.name, section, value
+
+
+def _expected_type(f: dataclasses.Field) -> type:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return type(default)
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert text/number input (from a form or a CLI flag) to the field's type."""
+    t = _expected_type(f)
+    if t is bool:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if t is list:
+        if isinstance(value, str):
+            return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
+        return list(value)
+    if t is dict:
+        if isinstance(value, str):
+            return yaml.safe_load(value) or {} if value.strip() else {}
+        return dict(value)
+    if t is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return int(value) if isinstance(value, str) else value
+    if t is float:
+        return float(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    return value if value is not None else ""
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    errors: list[str] = []
+    for name, f, value in iter_fields(cfg):
+        t = _expected_type(f)
+        ok = isinstance(value, t) or (t is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (t is int and isinstance(value, bool)):
+            errors.append(f"{name} must be a {t.__name__} (got {value!r}); e.g. {name}: {_example(f)}.")
+            continue
+        if t is float and (math.isnan(value) or math.isinf(value)):
+            errors.append(f"{name} must be a finite number (got {value}).")
+    if errors:  # range checks below assume the types are right
+        return errors
+    for name, f, value in iter_fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            errors.append(f"{name} is '{value}'; choose one of: {', '.join(choices)}.")
+    m, d, lo, tr, ev = cfg.model, cfg.data, cfg.lora, cfg.training, cfg.eval
+    checks = [
+        (bool(m.name_or_path.strip()), "model.name_or_path is empty; use 'embedded:SmolLM2-135M-Instruct' or a model id."),
+        (16 <= m.max_seq_length <= 32768, f"model.max_seq_length {m.max_seq_length} is out of range; use 256-4096 (512 is a good start)."),
+        (1 <= lo.r <= 1024, f"lora.r {lo.r} is out of range; use 8, 16 or 32."),
+        (lo.alpha > 0, f"lora.alpha {lo.alpha} must be positive; a common choice is 2 x r = {2 * max(lo.r, 1)}."),
+        (0 <= lo.dropout < 1, f"lora.dropout {lo.dropout} must be between 0 and 1 (exclusive); 0.05 is typical."),
+        (bool(lo.target_modules), "lora.target_modules is empty; use q_proj, k_proj, v_proj, o_proj."),
+        (tr.epochs > 0 or tr.max_steps > 0, "training.epochs must be above 0 (or set training.max_steps)."),
+        (tr.max_steps >= 0, "training.max_steps cannot be negative; use 0 to run all epochs."),
+        (1 <= tr.batch_size <= 1024, f"training.batch_size {tr.batch_size} is out of range; try 1-8 and raise grad_accum instead."),
+        (1 <= tr.grad_accum <= 1024, f"training.grad_accum {tr.grad_accum} is out of range; 1-16 is typical."),
+        (0 < tr.learning_rate <= 0.1, f"training.learning_rate {tr.learning_rate} is out of range; 2e-4 is the usual QLoRA value."),
+        (0 <= tr.warmup_ratio < 1, f"training.warmup_ratio {tr.warmup_ratio} must be between 0 and 1; 0.03 is typical."),
+        (tr.logging_steps >= 1, "training.logging_steps must be at least 1."),
+        (tr.eval_steps >= 0, "training.eval_steps cannot be negative; 0 means once per epoch."),
+        (tr.save_strategy != "steps" or tr.save_steps > 0, "training.save_steps must be above 0 when save_strategy is 'steps'."),
+        (tr.save_every_minutes >= 0, "training.save_every_minutes cannot be negative; 0 turns it off."),
+        (tr.num_gpus >= 1, "training.num_gpus must be at least 1."),
+        (0 < d.eval_fraction < 0.9, f"data.eval_fraction {d.eval_fraction} must be between 0 and 0.9; 0.1 keeps 10% aside."),
+        (d.max_train_examples >= 0 and d.max_eval_examples >= 0, "data.max_*_examples cannot be negative; 0 means all."),
+        (ev.max_new_tokens >= 1, "eval.max_new_tokens must be at least 1; 128 is a good start."),
+        (ev.batch_size >= 1, "eval.batch_size must be at least 1."),
+    ]
+    errors += [msg for ok, msg in checks if not ok]
+    if tr.optimizer in ("paged_adamw_8bit", "adamw_8bit") and tr.device == "cpu":
+        errors.append(f"training.optimizer {tr.optimizer} needs a CUDA GPU; use adamw_torch on CPU.")
+    return errors
+
+
+def _example(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+def _seed_recipe() -> RunConfig:
+    """The founding notebook: Mistral-7B, 4-bit QLoRA, r16/α32 on q/k/v/o, lr 2e-4, 3 epochs, 4x4."""
+    cfg = RunConfig(name="mistral-7b-databricks", preset="seed-mistral-7b-gpu")
+    cfg.model.name_or_path = MISTRAL_7B
+    cfg.model.max_seq_length = 1024
+    cfg.data.source = "dbdemos"
+    cfg.training.device = "cuda"
+    cfg.training.optimizer = "paged_adamw_8bit"
+    cfg.eval.max_examples = 200
+    return cfg
+
+
+def _quick_demo() -> RunConfig:
+    """A few minutes on a laptop CPU with the embedded model; the loss visibly falls."""
+    cfg = RunConfig(name="quick-demo", preset="quick-demo-cpu")
+    cfg.model.max_seq_length = 256
+    cfg.data.max_train_examples = 64
+    cfg.data.max_eval_examples = 16
+    cfg.lora.r, cfg.lora.alpha = 16, 32
+    cfg.training.epochs = 1.0
+    cfg.training.max_steps = 30
+    cfg.training.batch_size = 4
+    cfg.training.grad_accum = 1
+    cfg.training.learning_rate = 1e-3
+    cfg.training.warmup_ratio = 0.0
+    cfg.training.lr_scheduler = "constant"
+    cfg.training.logging_steps = 2
+    cfg.training.eval_steps = 10
+    cfg.training.save_strategy = "steps"
+    cfg.training.save_steps = 10
+    cfg.training.save_every_minutes = 5.0
+    cfg.training.gradient_checkpointing = False
+    cfg.training.device = "cpu"
+    cfg.eval.max_examples = 16
+    cfg.eval.max_new_tokens = 48
+    return cfg
+
+
+PRESETS = {
+    "seed-mistral-7b-gpu": (_seed_recipe, "The founding recipe: Mistral-7B in 4-bit on a GPU, r16/α32 on q/k/v/o, "
+                                          "lr 2e-4, 3 epochs, batch 4 x accumulation 4, checkpoint every epoch."),
+    "quick-demo-cpu": (_quick_demo, "A 2-3 minute run of the embedded SmolLM2-135M on a CPU, to see the whole "
+                                    "loop work: 30 steps on 64 examples."),
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError([f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}."])
+    return PRESETS[name][0]()

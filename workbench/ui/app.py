@@ -1,0 +1,41 @@
+"""Assemble the workbench: one tab per module in workbench/ui/, in the order users work."""
+from __future__ import annotations
+
+import importlib
+
+import gradio as gr
+
+TABS = [("Data", "data_tab"), ("Train", "train_tab"), ("Metrics", "metrics_tab"), ("Chat", "chat_tab"),
+        ("Deploy", "deploy_tab")]
+
+CSS = """
+.wb-empty {opacity: .75; font-style: italic}
+.wb-warn {border-left: 4px solid #d97706; padding-left: .6em}
+.wb-error {border-left: 4px solid #dc2626; padding-left: .6em}
+"""
+
+
+def startup() -> None:
+    """Work done once when the app starts (e.g. reconcile run folders whose process is gone)."""
+    try:
+        from workbench.runs import reconcile
+    except ImportError:
+        return
+    reconcile()
+
+
+def build_app() -> gr.Blocks:
+    startup()
+    with gr.Blocks(title="tech-llm-forge") as demo:
+        gr.Markdown("# tech-llm-forge\nFine-tune an LLM on your Q&A data with 4-bit LoRA, "
+                    "measure it, and compare it with the base model.")
+        for label, module in TABS:
+            try:
+                tab = importlib.import_module(f"workbench.ui.{module}")
+            except ModuleNotFoundError as e:
+                if e.name != f"workbench.ui.{module}":
+                    raise
+                continue
+            with gr.Tab(label, id=module):
+                tab.build(demo)
+    return demo
