@@ -65,7 +65,7 @@ class DataConfig:
     columns: dict = _f({}, "How file columns map onto the record: e.g. {instruction: question, output: answer}. "
                            "Empty means guess from common names.")
     cleaning: list = _f(
-        ["strip_quotes", "strip_numbering", "drop_generator_chatter", "drop_short_answers",
+        ["strip_numbering", "strip_quotes", "drop_generator_chatter", "drop_short_answers",
          "drop_duplicate_pairs"],
         "Cleaning steps applied before training, in order (see the Data tab for what each one changes).")
     eval_fraction: float = _f(
