@@ -1,0 +1,123 @@
+"""`python -m workbench train|runs|stop|resume`: run training and manage runs."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="Train a run in the foreground (the app starts this same command in the background).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", help="An existing run folder (made by the app or an earlier command).")
+    src.add_argument("--config", help="A config YAML: creates a new run folder from it, then trains.")
+    src.add_argument("--preset", help="A preset name: creates a new run from it, then trains.")
+    p.add_argument("--resume", action="store_true", help="Continue from the run's last checkpoint.")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override a setting, e.g. --set training.max_steps=10 (repeatable).")
+    p.add_argument("--background", action="store_true", help="Start in the background and return at once.")
+    p.set_defaults(func=run_train)
+
+    r = sub.add_parser("runs", help="List runs with their state (and mark dead ones 'interrupted').")
+    r.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    r.set_defaults(func=run_list)
+    s = sub.add_parser("stop", help="Ask a running run to stop gracefully (it saves a checkpoint).")
+    s.add_argument("run_id")
+    s.set_defaults(func=run_stop)
+    u = sub.add_parser("resume", help="Resume a stopped/interrupted run in the background.")
+    u.add_argument("run_id")
+    u.set_defaults(func=run_resume)
+
+
+def _config_from_args(args):
+    from workbench.config import ConfigError, RunConfig, coerce, iter_fields, preset
+
+    cfg = RunConfig.load(args.config) if args.config else preset(args.preset)
+    fields = {name: f for name, f, _ in iter_fields(cfg)}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise ConfigError([f"Unknown setting '{key}' in --set; see `python -m workbench config`."])
+        cfg.set(key, coerce(fields[key], value))
+    return cfg
+
+
+def run_train(args) -> int:
+    from workbench import jobs, runs
+    from workbench.config import ConfigError
+    from workbench.data import DataError
+
+    try:
+        if args.run_dir:
+            run_dir = Path(args.run_dir).resolve()
+            if not (run_dir / "config.yaml").is_file():
+                print(f"error: {run_dir} is not a run folder (no config.yaml).", file=sys.stderr)
+                return 1
+            if args.background:
+                jobs.resume_run(run_dir.name) if args.resume else print("error: --background needs --resume "
+                                                                         "with --run-dir", file=sys.stderr)
+                return 0
+            from workbench import paths
+            import os
+            os.environ.setdefault("WORKBENCH_RUNS_DIR", str(run_dir.parent))
+            if paths.runs_dir().resolve() != run_dir.parent:
+                os.environ["WORKBENCH_RUNS_DIR"] = str(run_dir.parent)
+            from workbench.train import main
+            return main(run_dir, args.resume)
+        cfg = _config_from_args(args)
+        if args.background:
+            run_id = jobs.start_run(cfg)
+            print(f"started run {run_id} in the background; follow it with `python -m workbench runs`")
+            return 0
+        run_id = runs.create_run(cfg)
+        print(f"run {run_id} in {runs.run_path(run_id)}")
+        from workbench.train import main
+        return main(runs.run_path(run_id), False)
+    except ConfigError as e:
+        print("\n".join(f"error: {m}" for m in e.messages), file=sys.stderr)
+    except (DataError, runs.RunError, jobs.JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+def run_list(args) -> int:
+    from workbench import runs
+
+    runs.reconcile()
+    rows = runs.list_runs()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("No runs yet. Start one with `python -m workbench train --preset quick-demo-cpu`.")
+        return 0
+    print(f"{'RUN':40} {'STATE':12} {'STEP':>9}  MODEL")
+    for r in rows:
+        print(f"{r['id']:40} {r['state']:12} {r['step']:>4}/{r['total_steps']:<4}  {r['model']}")
+        if r["state"] in ("failed", "interrupted") and r["reason"]:
+            print(f"{'':40} {r['reason'][:150]}")
+    return 0
+
+
+def run_stop(args) -> int:
+    from workbench import jobs, runs
+
+    try:
+        jobs.stop_run(args.run_id)
+    except (runs.RunError, jobs.JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"stop requested for {args.run_id}; it saves a checkpoint and ends as 'stopped'")
+    return 0
+
+
+def run_resume(args) -> int:
+    from workbench import jobs, runs
+
+    try:
+        jobs.resume_run(args.run_id)
+    except (runs.RunError, jobs.JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"resumed {args.run_id} in the background")
+    return 0

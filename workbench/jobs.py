@@ -1,0 +1,140 @@
+"""Background training jobs: start, stop, resume; one training job at a time.
+
+A run is trained by `python -m workbench train --run-dir <dir>` in its own process session, so it
+outlives the browser tab and the app. The slot file `.active.json` in the runs folder names the run
+that holds the one training slot; every claim happens under an exclusive file lock, so two clicks
+on Start (or two app workers) can never start two runs.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from workbench import paths, runs
+from workbench.config import RunConfig
+
+
+class JobError(RuntimeError):
+    """A job action was refused; the message says why and what to do."""
+
+
+@contextmanager
+def _slot_lock():
+    lock = paths.runs_dir() / ".slot.lock"
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _slot_file() -> Path:
+    return paths.runs_dir() / ".active.json"
+
+
+def active_run() -> str | None:
+    """The run id holding the training slot, or None when the slot is free."""
+    try:
+        slot = json.loads(_slot_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    run_dir = paths.runs_dir() / slot.get("run_id", "")
+    return slot["run_id"] if runs.process_alive(slot.get("pid"), run_dir) else None
+
+
+def _claim(run_id: str, pid: int) -> None:
+    _slot_file().write_text(json.dumps({"run_id": run_id, "pid": pid}))
+
+
+def claim_slot_for_current_process(run_id: str) -> None:
+    """Used by a foreground `train` command: take the slot or refuse."""
+    with _slot_lock():
+        busy = active_run()
+        if busy and busy != run_id:
+            raise JobError(_busy_message(busy))
+        _claim(run_id, os.getpid())
+
+
+def release_slot(run_id: str) -> None:
+    with _slot_lock():
+        try:
+            if json.loads(_slot_file().read_text()).get("run_id") == run_id:
+                _slot_file().unlink()
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+
+
+def _busy_message(run_id: str) -> str:
+    return (f"Run '{run_id}' is training now and only one training job runs at a time (it needs the whole "
+            f"GPU). Wait for it to finish, or stop it first.")
+
+
+def train_command(run_id: str, resume: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "workbench", "train", "--run-dir", str(runs.run_path(run_id))]
+    return cmd + (["--resume"] if resume else [])
+
+
+def cli_equivalent(run_id: str | None = None, resume: bool = False) -> str:
+    if run_id is None:
+        return "python -m workbench train --config config.yaml"
+    return f"python -m workbench train --run-dir {runs.run_path(run_id)}" + (" --resume" if resume else "")
+
+
+def _spawn(run_id: str, resume: bool) -> int:
+    run_dir = runs.run_path(run_id)
+    log = open(run_dir / "train.log", "a")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(train_command(run_id, resume), cwd=paths.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    log.close()
+    return proc.pid
+
+
+def start_run(cfg: RunConfig) -> str:
+    """Create a run folder and start its training process; refuse while another run trains."""
+    with _slot_lock():
+        busy = active_run()
+        if busy:
+            raise JobError(_busy_message(busy))
+        run_id = runs.create_run(cfg)
+        pid = _spawn(run_id, resume=False)
+        _claim(run_id, pid)
+        runs.write_status(run_id, pid=pid)
+    return run_id
+
+
+def resume_run(run_id: str) -> str:
+    """Continue a stopped, interrupted or failed run from its last checkpoint."""
+    runs.reconcile()
+    with _slot_lock():
+        busy = active_run()
+        if busy:
+            raise JobError(_busy_message(busy))
+        state = runs.read_status(run_id).get("state")
+        if state in ("completed",):
+            raise JobError(f"Run '{run_id}' already completed; start a new run to train further.")
+        if runs.last_checkpoint(runs.run_path(run_id)) is None and state != "queued":
+            raise JobError(f"Run '{run_id}' has no checkpoint to resume from yet; start it again as a new run.")
+        (runs.run_path(run_id) / "STOP").unlink(missing_ok=True)
+        runs.write_status(run_id, state="queued", reason="")
+        pid = _spawn(run_id, resume=True)
+        _claim(run_id, pid)
+        runs.write_status(run_id, pid=pid)
+    return run_id
+
+
+def stop_run(run_id: str) -> str:
+    """Ask the run to stop gracefully: it saves a checkpoint and ends as 'stopped'."""
+    run_dir = runs.run_path(run_id)
+    state = runs.read_status(run_id).get("state")
+    if state not in runs.ACTIVE_STATES:
+        raise JobError(f"Run '{run_id}' is not running (state: {state}); nothing to stop.")
+    (run_dir / "STOP").write_text(runs.now_iso())
+    runs.write_status(run_id, state="stopping")
+    return run_id

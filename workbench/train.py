@@ -1,0 +1,240 @@
+"""The training recipe: 4-bit base model + LoRA, answer-only loss, Hugging Face Trainer.
+
+Read top to bottom: claim the slot, load config and the run's data, load the quantized model,
+attach LoRA, tokenize, train (with a callback that writes events and obeys stop requests), save
+the adapter, record the final state. Every failure ends as 'failed' with a reason a person can act on.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+from workbench import jobs, runs
+from workbench.config import RunConfig
+from workbench.failures import NonFiniteLoss, StopRequested, explain
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover - transformers is a hard requirement
+    TrainerCallback = object
+
+
+class RunCallback(TrainerCallback):
+    """Writes one event per log step, saves on a timer, obeys STOP, checks for NaN/inf."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig):
+        self.run_dir, self.cfg = run_dir, cfg
+        self.started = time.time()
+        self.last_save = time.time()
+        self.last_log = (time.time(), 0)
+        self.stopped = False
+        self.fault = os.environ.get("WORKBENCH_FAULT", "")  # test-only fault injection, e.g. oom_at_step:2
+
+    def on_train_begin(self, args, state, control, **kw):
+        runs.write_status(self.run_dir.name, state="running", total_steps=state.max_steps, step=state.global_step)
+        self.last_log = (time.time(), state.num_input_tokens_seen or 0)
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        kind, _, at = self.fault.partition("_at_step:")
+        if not at or state.global_step + 1 != int(at):
+            return
+        import torch
+
+        if kind == "oom":  # simulated: no GPU here to exhaust; the real exception type is raised
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated fault)")
+        if kind == "nan":  # a real NaN: poison one LoRA weight so the forward pass produces NaN
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
+        if kind == "crash":
+            raise RuntimeError("simulated crash")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if not any(k in logs for k in ("loss", "eval_loss")):
+            return
+        now = time.time()
+        tokens = state.num_input_tokens_seen or 0
+        t0, tok0 = self.last_log
+        event = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "ts": now,
+                 "elapsed": round(now - self.started, 2)}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                event[key] = float(logs[key])
+        if "loss" in logs:
+            event["tokens_per_s"] = round((tokens - tok0) / max(now - t0, 1e-6), 1)
+            self.last_log = (now, tokens)
+        event.update(_memory())
+        runs.append_event(self.run_dir, event)
+        runs.write_status(self.run_dir.name, step=state.global_step, total_steps=state.max_steps,
+                          epoch=event["epoch"], last_loss=event.get("loss"))
+        for key in ("loss", "eval_loss"):
+            if key in event and not math.isfinite(event[key]):
+                raise NonFiniteLoss(f"{key} became {event[key]} at step {state.global_step}")
+
+    def on_step_end(self, args, state, control, **kw):
+        minutes = self.cfg.training.save_every_minutes
+        if minutes and time.time() - self.last_save > minutes * 60:
+            control.should_save = True
+        if (self.run_dir / "STOP").exists():
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kw):
+        self.last_save = time.time()
+        runs.write_status(self.run_dir.name, last_checkpoint_step=state.global_step)
+
+
+def _memory() -> dict:
+    import psutil
+    import torch
+
+    mem = {"cpu_mem_gb": round(psutil.Process().memory_info().rss / 2**30, 3)}
+    if torch.cuda.is_available():
+        mem["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return mem
+
+
+def build_model(cfg: RunConfig, device: str):
+    """Quantized base + LoRA. Non-quantized layers keep their bf16 dtype (no fp32 upcast)."""
+    from peft import LoraConfig, get_peft_model
+
+    from workbench.models import load_model
+
+    model, tokenizer, device = load_model(cfg.model, device)
+    if cfg.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()  # what prepare_model_for_kbit_training does, minus the fp32 upcast
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), tokenizer, device
+
+
+def tokenized(records: list[dict], tokenizer, cfg: RunConfig):
+    from datasets import Dataset
+
+    from workbench.formatting import tokenize_example
+
+    rows = []
+    for r in records:
+        ex = tokenize_example(r, tokenizer, cfg.model.max_seq_length, cfg.data.template, cfg.data.system_prompt)
+        if ex["answer_tokens"] > 0:
+            rows.append({k: ex[k] for k in ("input_ids", "attention_mask", "labels")})
+    return Dataset.from_list(rows)
+
+
+class PadCollator:
+    """Pad to the longest example in the batch; labels padded with -100 so padding carries no loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch):
+        import torch
+
+        from workbench.formatting import IGNORE_INDEX
+
+        width = max(len(b["input_ids"]) for b in batch)
+        def pad(key, value):
+            return torch.tensor([b[key] + [value] * (width - len(b[key])) for b in batch])
+        return {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
+                "labels": pad("labels", IGNORE_INDEX)}
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported() and cfg.model.compute_dtype == "bfloat16"
+    eval_every = "steps" if t.eval_steps else "epoch"
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, optim=t.optimizer, logging_steps=t.logging_steps,
+        eval_strategy=eval_every, eval_steps=t.eval_steps or None, save_strategy=t.save_strategy,
+        save_steps=t.save_steps or 500, save_total_limit=3, seed=t.seed, bf16=bf16,
+        fp16=device == "cuda" and not bf16 and cfg.model.compute_dtype != "float32",
+        use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False)
+
+
+def run_training(run_dir: Path, resume: bool = False) -> str:
+    """Train the run in `run_dir` in this process. Returns the final state."""
+    from transformers import Trainer
+
+    from workbench.data import read_jsonl
+
+    run_id = run_dir.name
+    runs.write_status(run_id, state="running", pid=os.getpid(), started_at=runs.now_iso(), reason="",
+                      ended_at=None)
+    cfg = runs.load_run_config(run_id)
+    callback = RunCallback(run_dir, cfg)
+    try:
+        checkpoint = runs.last_checkpoint(run_dir) if resume else None
+        if checkpoint is not None:  # the curve continues from the checkpoint: no duplicated steps
+            runs.truncate_events(run_dir, int(checkpoint.name.split("-")[-1]))
+        else:
+            (run_dir / "events.jsonl").unlink(missing_ok=True)
+        model, tokenizer, device = build_model(cfg, cfg.training.device)
+        train_ds = tokenized(read_jsonl(run_dir / "data" / "train.jsonl"), tokenizer, cfg)
+        eval_ds = tokenized(read_jsonl(run_dir / "data" / "eval.jsonl"), tokenizer, cfg)
+        trainer = Trainer(model=model, args=training_arguments(cfg, run_dir, device), train_dataset=train_ds,
+                          eval_dataset=eval_ds, data_collator=PadCollator(tokenizer.pad_token_id),
+                          callbacks=[callback])
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if callback.stopped:
+            runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(),
+                              reason="Stopped on request; resume continues from the saved checkpoint.")
+            return "stopped"
+        model.save_pretrained(run_dir / "adapter")
+        tokenizer.save_pretrained(run_dir / "adapter")
+        cfg.save(run_dir / "adapter" / "run_config.yaml")
+        runs.write_status(run_id, state="completed", ended_at=runs.now_iso(), step=trainer.state.global_step)
+    except BaseException as exc:  # noqa: BLE001 - every failure must end as a readable 'failed' state
+        if isinstance(exc, StopRequested):
+            runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(), reason=str(exc))
+            return "stopped"
+        with (run_dir / "train.log").open("a") as log:
+            log.write("\n" + "".join(traceback.format_exception(exc)))
+        runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=explain(exc, cfg),
+                          error=f"{type(exc).__name__}: {str(exc)[:500]}")
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return "failed"
+    _evaluate_after_training(run_id, cfg)
+    return "completed"
+
+
+def _evaluate_after_training(run_id: str, cfg: RunConfig) -> None:
+    if not cfg.eval.run_after_training:
+        return
+    try:
+        from workbench.evaluate import evaluate_run
+    except ImportError:
+        return
+    try:
+        evaluate_run(run_id)
+    except Exception as exc:  # the run itself succeeded; record why the scoring did not
+        runs.write_status(run_id, eval_error=f"Evaluation after training failed: {type(exc).__name__}: {exc}")
+
+
+def main(run_dir: Path, resume: bool) -> int:
+    run_id = run_dir.name
+    try:
+        jobs.claim_slot_for_current_process(run_id)
+    except jobs.JobError as e:
+        runs.write_status(run_id, state="failed", reason=str(e), ended_at=runs.now_iso())
+        print(f"error: {e}")
+        return 1
+    try:
+        state = run_training(run_dir, resume)
+    finally:
+        jobs.release_slot(run_id)
+    print(f"run {run_id}: {state}")
+    return 0 if state in ("completed", "stopped") else 1
