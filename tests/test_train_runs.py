@@ -1,0 +1,158 @@
+"""Real training runs: the embedded model in real 4-bit on CPU, through the real subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import run_cli
+from workbench import jobs, runs
+from workbench.config import preset
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_config(steps=8, **overrides):
+    cfg = preset("quick-demo-cpu")
+    cfg.name = "tiny"
+    cfg.model.max_seq_length = 128
+    cfg.data.max_train_examples = 24
+    cfg.data.max_eval_examples = 4
+    cfg.training.max_steps = steps
+    cfg.training.batch_size = 2
+    cfg.training.logging_steps = 1
+    cfg.training.eval_steps = 4
+    cfg.training.save_steps = 2
+    cfg.eval.run_after_training = False
+    for key, value in overrides.items():
+        cfg.set(key, value)
+    return cfg
+
+
+def wait_for(predicate, timeout=240, interval=0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def wait_state(run_id, states, timeout=240):
+    return wait_for(lambda: runs.read_status(run_id).get("state") in states and runs.read_status(run_id), timeout)
+
+
+def steps_of(run_id):
+    return [e["step"] for e in runs.read_events(run_id) if "loss" in e]
+
+
+def test_short_run_completes_with_complete_folder_and_trained_lora_only():
+    import torch
+    from safetensors.torch import load_file
+
+    from workbench.models import resolve
+
+    run_id = jobs.start_run(tiny_config(steps=6))
+    status = wait_state(run_id, {"completed", "failed"})
+    log = (runs.run_path(run_id) / "train.log").read_text()
+    assert status["state"] == "completed", status.get("reason", "") + log[-3000:]
+    folder = runs.run_path(run_id)
+    for name in ("config.yaml", "status.json", "events.jsonl", "train.log", "data/train.jsonl", "data/eval.jsonl",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/run_config.yaml"):
+        assert (folder / name).is_file(), name
+    assert steps_of(run_id) == [1, 2, 3, 4, 5, 6]
+    assert any("eval_loss" in e for e in runs.read_events(run_id))
+    assert runs.load_run_config(run_id).lora.r == 16
+    adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for k, t in adapter.items() if "lora_B" in k]
+    assert lora_b and all(torch.count_nonzero(t) > 0 for t in lora_b)  # B starts at zero: it was trained
+    assert not any("base_layer" in k for k in adapter)  # only the adapter is saved; base weights untouched
+    base = load_file(os.path.join(resolve("embedded:SmolLM2-135M-Instruct"), "model.safetensors"))
+    assert "model.layers.0.self_attn.q_proj.weight" in base  # the base file is still the original
+    assert jobs.active_run() is None
+
+
+def test_stop_then_resume_continues_at_the_right_step():
+    run_id = jobs.start_run(tiny_config(steps=12))
+    wait_for(lambda: len(steps_of(run_id)) >= 3)
+    jobs.stop_run(run_id)
+    status = wait_state(run_id, {"stopped", "failed", "completed"})
+    assert status["state"] == "stopped", status
+    ckpt = runs.last_checkpoint(runs.run_path(run_id))
+    assert ckpt is not None
+    stopped_at = int(ckpt.name.split("-")[1])
+    jobs.resume_run(run_id)
+    status = wait_state(run_id, {"completed", "failed"})
+    assert status["state"] == "completed", status
+    steps = steps_of(run_id)
+    assert steps == list(range(1, 13)), steps  # no gap, no duplicate
+    assert stopped_at >= 3
+
+
+def test_kill_9_becomes_interrupted_and_resume_loses_no_step():
+    run_id = jobs.start_run(tiny_config(steps=10))
+    wait_for(lambda: runs.last_checkpoint(runs.run_path(run_id)) is not None and len(steps_of(run_id)) >= 5)
+    pid = runs.read_status(run_id)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not runs.process_alive(pid), timeout=30)
+    assert run_id in runs.reconcile()
+    assert runs.read_status(run_id)["state"] == "interrupted"
+    assert "Resume" in runs.read_status(run_id)["reason"]
+    assert jobs.active_run() is None
+    out = run_cli("resume", run_id)
+    assert out.returncode == 0, out.stderr
+    status = wait_state(run_id, {"completed", "failed"})
+    assert status["state"] == "completed", status
+    assert steps_of(run_id) == list(range(1, 11))
+
+
+@pytest.mark.parametrize("fault,expected", [("nan_at_step:3", "diverged"), ("oom_at_step:2", "ran out of memory")])
+def test_nan_loss_and_oom_fail_with_a_reason(monkeypatch, fault, expected):
+    # The OOM is simulated (no GPU here): the callback raises torch.OutOfMemoryError, the real exception type.
+    # The NaN is real: one LoRA weight is set to NaN, so the forward pass yields a NaN loss.
+    monkeypatch.setenv("WORKBENCH_FAULT", fault)
+    run_id = jobs.start_run(tiny_config(steps=6))
+    status = wait_state(run_id, {"completed", "failed"})
+    assert status["state"] == "failed"
+    assert expected in status["reason"], status["reason"]
+    assert "Traceback" in (runs.run_path(run_id) / "train.log").read_text()
+    if expected == "ran out of memory":
+        assert "batch size" in status["reason"] and "GB" in status["reason"]
+
+
+def test_double_start_starts_one_run():
+    results, errors = [], []
+
+    def click():
+        try:
+            results.append(jobs.start_run(tiny_config(steps=4)))
+        except jobs.JobError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=click) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1 and len(errors) == 2, (results, errors)
+    assert "only one training job" in errors[0]
+    assert [r["id"] for r in runs.list_runs()] == results
+    wait_state(results[0], {"completed", "failed"})
+
+
+def test_cli_train_and_runs_as_a_user_types_them(tmp_path):
+    cfg_path = tmp_path / "config.yaml"
+    tiny_config(steps=2).save(cfg_path)
+    out = run_cli("train", "--config", cfg_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    listing = run_cli("runs", "--json")
+    rows = json.loads(listing.stdout)
+    assert rows[0]["state"] == "completed"
+    bad = run_cli("train", "--preset", "quick-demo-cpu", "--set", "lora.r=-1")
+    assert bad.returncode == 1 and "lora.r" in bad.stderr
+    assert run_cli("stop", "../etc").returncode == 1
