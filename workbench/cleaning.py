@@ -96,8 +96,8 @@ def drop_duplicate_answers(df):
 
 
 STEPS = {
-    "strip_quotes": (strip_quotes, "Remove quote marks wrapped around a whole question or answer."),
     "strip_numbering": (strip_numbering, "Remove list numbering such as '1. ' or 'Q: ' at the start of a question."),
+    "strip_quotes": (strip_quotes, "Remove quote marks wrapped around a whole question or answer."),
     "drop_generator_chatter": (drop_generator_chatter, "Multi-line questions: keep the question line, drop "
                                "generator notes ('(Note: I will not…)') and pasted answers."),
     "drop_short_answers": (drop_short_answers, f"Drop rows whose answer is under {SHORT_ANSWER_CHARS} characters."),

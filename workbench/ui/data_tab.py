@@ -1,0 +1,233 @@
+"""Data tab: load a source, map columns, browse/search/filter, statistics, cleaning with preview/undo,
+the formatted example exactly as the model sees it, leakage, export."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.express as px
+
+from workbench import browse, cleaning, data, paths
+from workbench.config import EMBEDDED_MODEL, DataConfig
+from workbench.ui import guard
+
+SOURCES = ["sample (shipped)", "dbdemos folder", "file path", "upload"]
+SHOW_ROWS = 300
+FIELDS = ["instruction", "output", "context", "input"]
+
+
+def _empty_state():
+    return {"raw": None, "table": None, "history": [], "source": ""}
+
+
+def _load(kind, path, upload, state):
+    state = _empty_state()
+    try:
+        if kind.startswith("sample"):
+            raw, name = data.load_table(paths.SAMPLE_DATA), "sample"
+        elif kind.startswith("dbdemos"):
+            raw, name = data.load_dbdemos(path.strip() or None), "dbdemos"
+        elif kind == "upload":
+            if not upload:
+                raise data.DataError("No file uploaded yet; drop a CSV, Parquet or JSONL file on the upload box.")
+            raw, name = data.load_table(upload), Path(upload).name
+        else:
+            raw, name = data.load_table(path), Path(path).name
+    except data.DataError as e:
+        gr.Warning(str(e))
+        return (state, f"<div class='wb-error'>⚠️ {e}</div>", *[gr.update(choices=[], value=None)] * 4)
+    guess = data.guess_mapping(raw.columns)
+    state.update(raw=raw, source=name)
+    cols = [str(c) for c in raw.columns]
+    msg = f"Loaded **{len(raw):,} rows** from {name} with columns: {', '.join(cols)}. Check the mapping, then Apply."
+    return (state, msg, *[gr.update(choices=[""] + cols, value=guess.get(f, "")) for f in FIELDS])
+
+
+def _apply_mapping(state, *mapping):
+    if state["raw"] is None:
+        raise gr.Error("Load a source first.")
+    try:
+        table = data.apply_mapping(state["raw"], {f: m for f, m in zip(FIELDS, mapping) if m})
+    except data.DataError as e:
+        raise gr.Error(str(e)) from None
+    state = dict(state, table=browse.annotate(table), history=[])
+    return state, *_refresh(state, "", 0, 0, "all rows")
+
+
+def _refresh(state, query, min_chars, max_chars, view):
+    table = state.get("table")
+    if table is None:
+        return ("*No data loaded yet: choose a source above and press Load.*", None, None, None)
+    shown = browse.filter_table(table, query, int(min_chars or 0), int(max_chars or 0), view)
+    stats = browse.char_stats(table)
+    splits = table["split"].value_counts().to_dict()
+    summary = (f"**{stats['rows']:,} rows** ({splits.get('train', 0):,} train / {splits.get('eval', 0):,} eval) · "
+               f"answers median {stats['answer_chars'].get('median', 0):,} chars (p95 "
+               f"{stats['answer_chars'].get('p95', 0):,}) · {stats['duplicate_rows']:,} rows in duplicate groups · "
+               f"{int(table['flagged'].sum()):,} flagged by cleaning · showing {min(len(shown), SHOW_ROWS):,} of "
+               f"{len(shown):,} matching")
+    cols = ["id", "split", "instruction", "output", "a_chars", "duplicate", "flagged"]
+    lengths = table.melt(value_vars=["q_chars", "a_chars"], var_name="field", value_name="characters")
+    lengths["field"] = lengths["field"].map({"q_chars": "question", "a_chars": "answer"})
+    fig = px.histogram(lengths, x="characters", color="field", nbins=60, barmode="overlay",
+                       title="Length in characters")
+    return summary, shown[cols].head(SHOW_ROWS), fig, shown["id"].head(SHOW_ROWS).tolist()
+
+
+def _preview_cleaning(state, steps):
+    if state.get("table") is None:
+        return "*Load data first.*"
+    report = cleaning.preview(state["table"], steps)
+    return _report_md(report, "Would change")
+
+
+def _report_md(report, verb):
+    lines = [f"### {verb}"]
+    for r in report:
+        lines.append(f"- **{r['step']}** — {r['description']}: {r['edited']:,} edited, {r['dropped']:,} dropped")
+        for ex in r["examples"][:3]:
+            lines.append(f"    - `{ex['id']}` {ex['action']}: “{ex['before'][:90]}” → “{ex['after'][:90]}”")
+    return "\n".join(lines)
+
+
+def _apply_cleaning(state, steps, request: gr.Request):
+    guard.require(request, "clean_data")
+    if state.get("table") is None:
+        raise gr.Error("Load data first.")
+    base = state["table"][["id"] + data.RECORD_COLUMNS]
+    cleaned, report = cleaning.apply_steps(base, steps)
+    state = dict(state, history=state["history"] + [state["table"]], table=browse.annotate(cleaned))
+    return state, _report_md(report, "Applied") + "\n\n*Undo restores the table before this step.*"
+
+
+def _undo(state):
+    if not state.get("history"):
+        gr.Info("Nothing to undo.")
+        return state, "*Nothing to undo.*"
+    state = dict(state, table=state["history"][-1], history=state["history"][:-1])
+    return state, f"Undone: back to {len(state['table']):,} rows."
+
+
+def _leakage(state):
+    table = state.get("table")
+    if table is None:
+        return "*Load data first.*"
+    report = data.leakage(table[table["split"] == "train"], table[table["split"] == "eval"])
+    css = "wb-error" if report["leaked_rows"] else "wb-warn"
+    return f"<div class='{css}'>{data.leakage_message(report)}</div>"
+
+
+def _example(state, row_id, template, progress=gr.Progress()):
+    table = state.get("table")
+    if table is None or not row_id:
+        return None, "*Pick a row id from the table to see exactly what the model is trained on.*"
+    from workbench.formatting import marked_view
+    from workbench.models import load_tokenizer
+
+    progress(0.2, desc="Loading the tokenizer")
+    tok = load_tokenizer(EMBEDDED_MODEL)
+    row = table[table["id"] == row_id]
+    if row.empty:
+        return None, f"Row {row_id} is not in the current table."
+    pieces = marked_view(row.iloc[0].to_dict(), tok, 512, template)
+    n_loss = sum(1 for _, loss in pieces if loss)
+    return ([(t, "loss" if loss else None) for t, loss in pieces],
+            f"{len(pieces)} tokens; the **{n_loss} highlighted tokens** (the answer and its end-of-turn marker) "
+            f"carry the loss — the prompt only conditions the model.")
+
+
+def _token_stats(state, progress=gr.Progress()):
+    table = state.get("table")
+    if table is None:
+        return "*Load data first.*", None
+    from workbench.models import load_tokenizer
+
+    progress(0.1, desc="Loading the tokenizer")
+    stats = browse.token_stats(table, load_tokenizer(EMBEDDED_MODEL), 512, progress=lambda f, m: progress(f, desc=m))
+    fig = px.histogram(pd.DataFrame({"tokens": stats["total_tokens"]}), x="tokens", nbins=60,
+                       title="Tokens per formatted example (SmolLM2 tokenizer)")
+    fig.add_vline(x=512, line_dash="dash", annotation_text="max_seq_length 512")
+    return (f"Median {stats['median_total']} tokens, p95 {stats['p95_total']}; **{stats['over_max_length']}** "
+            f"examples are longer than 512 tokens and would be cut."), fig
+
+
+def _export(state, request: gr.Request):
+    guard.require(request, "export")
+    table = state.get("table")
+    if table is None:
+        raise gr.Error("Load data first.")
+    out = Path(tempfile.mkdtemp(prefix="wb-export-")) / "cleaned_instructions.jsonl"
+    data.write_jsonl(table[data.RECORD_COLUMNS].to_dict("records"), out)
+    return str(out)
+
+
+def build(demo: gr.Blocks) -> None:
+    state = gr.State(_empty_state())
+    gr.Markdown("Load question/answer pairs, map their columns, clean them, and see exactly what the model "
+                "will be trained on.")
+    with gr.Row():
+        kind = gr.Radio(SOURCES, value=SOURCES[0], label="Source")
+        path = gr.Textbox(str(paths.default_dbdemos_dir()), label="Folder or file path",
+                          info="For 'dbdemos folder': the folder with the two parquet files. For 'file path': "
+                               "a CSV, Parquet, JSON/JSONL file or a saved dataset folder.")
+        upload = gr.File(label="Upload", file_types=[".csv", ".tsv", ".parquet", ".json", ".jsonl"], type="filepath")
+    load_btn = gr.Button("Load", variant="primary")
+    load_msg = gr.Markdown("*The shipped sample is loaded below; choose another source to replace it.*")
+    with gr.Row():
+        mapping = [gr.Dropdown([], label=f"{f} ←", allow_custom_value=False) for f in FIELDS]
+    map_btn = gr.Button("Apply mapping")
+    summary = gr.Markdown("*No data loaded yet.*", elem_id="data-summary")
+    with gr.Row():
+        query = gr.Textbox(label="Search (all words)", placeholder="e.g. stack function", elem_id="data-search")
+        min_chars = gr.Number(0, label="Answer length ≥ (chars)", precision=0)
+        max_chars = gr.Number(0, label="Answer length ≤ (0 = any)", precision=0)
+        view = gr.Dropdown(list(browse.VIEWS), value="all rows", label="Show", elem_id="data-view")
+    table = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="data-table")
+    lengths = gr.Plot(label="Lengths")
+    with gr.Accordion("Cleaning (preview, apply, undo)", open=True):
+        steps = gr.CheckboxGroup(list(cleaning.STEPS), value=list(DataConfig().cleaning), label="Steps, in order")
+        with gr.Row():
+            prev_btn, apply_btn, undo_btn = gr.Button("Preview changes"), gr.Button("Apply"), gr.Button("Undo")
+        clean_md = gr.Markdown()
+    with gr.Accordion("Exactly what the model sees", open=True):
+        with gr.Row():
+            row_pick = gr.Dropdown([], label="Row id", elem_id="data-row")
+            template = gr.Radio(["chat", "instruction"], value="chat", label="Template")
+        example = gr.HighlightedText(label="Formatted example (highlighted = carries loss)", elem_id="data-example",
+                                     combine_adjacent=True, color_map={"loss": "green"})
+        example_md = gr.Markdown()
+    with gr.Accordion("Token lengths, leakage, export", open=False):
+        with gr.Row():
+            tok_btn, leak_btn, export_btn = (gr.Button("Token statistics"), gr.Button("Check train/eval leakage"),
+                                             gr.Button("Export cleaned JSONL"))
+        tok_md, tok_plot, leak_md = gr.Markdown(), gr.Plot(), gr.Markdown()
+        export_file = gr.File(label="Download")
+
+    browse_inputs = [state, query, min_chars, max_chars, view]
+    browse_outputs = [summary, table, lengths, row_pick]
+
+    def refresh(*args):
+        s, df, fig, ids = _refresh(*args)
+        return s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0])
+
+    def apply_map(st, *m):
+        st, s, df, fig, ids = _apply_mapping(st, *m)
+        return st, s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0])
+
+    load_btn.click(_load, [kind, path, upload, state], [state, load_msg, *mapping]).then(
+        apply_map, [state, *mapping], [state, *browse_outputs])
+    map_btn.click(apply_map, [state, *mapping], [state, *browse_outputs])
+    for comp in (query, min_chars, max_chars, view):
+        comp.change(refresh, browse_inputs, browse_outputs)
+    prev_btn.click(_preview_cleaning, [state, steps], clean_md)
+    apply_btn.click(_apply_cleaning, [state, steps], [state, clean_md]).then(refresh, browse_inputs, browse_outputs)
+    undo_btn.click(_undo, state, [state, clean_md]).then(refresh, browse_inputs, browse_outputs)
+    row_pick.change(_example, [state, row_pick, template], [example, example_md])
+    template.change(_example, [state, row_pick, template], [example, example_md])
+    tok_btn.click(_token_stats, state, [tok_md, tok_plot])
+    leak_btn.click(_leakage, state, leak_md)
+    export_btn.click(_export, state, export_file)
+    demo.load(_load, [kind, path, upload, state], [state, load_msg, *mapping]).then(
+        apply_map, [state, *mapping], [state, *browse_outputs])
