@@ -19,29 +19,38 @@ FIELDS = ["instruction", "output", "context", "input"]
 
 
 def _empty_state():
-    return {"raw": None, "table": None, "history": [], "source": ""}
+    return {"raw": None, "table": None, "history": [], "source": "", "pending": False}
 
 
-def _load(kind, path, upload, state):
-    state = _empty_state()
+def _read(kind, path, upload):
+    if kind.startswith("sample"):
+        return data.load_table(paths.SAMPLE_DATA), "the shipped sample"
+    if kind.startswith("dbdemos"):
+        return data.load_dbdemos(path.strip() or None), "dbdemos"
+    if kind == "upload":
+        if not upload:
+            raise data.DataError("No file uploaded yet; drop a CSV, Parquet or JSONL file on the upload box.")
+        return data.load_table(upload), Path(upload).name
+    return data.load_table(path), Path(path.strip()).name or path
+
+
+def _load(kind, path, upload, state, request: gr.Request = None):
+    """Read the source; on bad input keep the current data and say what is wrong and how to fix it."""
+    if kind in ("file path", "dbdemos folder") and (path or "").strip() != str(paths.default_dbdemos_dir()):
+        guard.require(request, "clean_data")  # reading arbitrary server paths is for admins on a shared Space
     try:
-        if kind.startswith("sample"):
-            raw, name = data.load_table(paths.SAMPLE_DATA), "sample"
-        elif kind.startswith("dbdemos"):
-            raw, name = data.load_dbdemos(path.strip() or None), "dbdemos"
-        elif kind == "upload":
-            if not upload:
-                raise data.DataError("No file uploaded yet; drop a CSV, Parquet or JSONL file on the upload box.")
-            raw, name = data.load_table(upload), Path(upload).name
-        else:
-            raw, name = data.load_table(path), Path(path).name
+        raw, name = _read(kind, path or "", upload)
     except data.DataError as e:
-        gr.Warning(str(e))
-        return (state, f"<div class='wb-error'>⚠️ {e}</div>", *[gr.update(choices=[], value=None)] * 4)
+        keep = "; the data loaded before is still shown" if state.get("table") is not None else ""
+        return (dict(state, pending=False), f"<div class='wb-error'>⚠️ {e}{keep}</div>",
+                *[gr.update()] * len(FIELDS))
     guess = data.guess_mapping(raw.columns)
-    state.update(raw=raw, source=name)
+    state = dict(state, raw=raw, source=name, pending=True)  # the old table stays until the mapping applies
     cols = [str(c) for c in raw.columns]
-    msg = f"Loaded **{len(raw):,} rows** from {name} with columns: {', '.join(cols)}. Check the mapping, then Apply."
+    enc = (" It is not UTF-8: decoded as Windows-1252 (latin-1); check accented characters, or save it as "
+           "UTF-8." if raw.attrs.get("encoding") == "cp1252" else "")
+    msg = (f"Loaded **{len(raw):,} rows** from {name} with columns: {', '.join(cols)}. The mapping below is "
+           f"guessed from the column names; change it and press Apply mapping if needed.{enc}")
     return (state, msg, *[gr.update(choices=[""] + cols, value=guess.get(f, "")) for f in FIELDS])
 
 
@@ -52,7 +61,10 @@ def _apply_mapping(state, *mapping):
         table = data.apply_mapping(state["raw"], {f: m for f, m in zip(FIELDS, mapping) if m})
     except data.DataError as e:
         raise gr.Error(str(e)) from None
-    state = dict(state, table=browse.annotate(table), history=[])
+    dropped = table.attrs.get("empty_rows_dropped", 0)
+    if dropped:
+        gr.Info(f"Skipped {dropped:,} rows with an empty question or answer.")
+    state = dict(state, table=browse.annotate(table), history=[], pending=False)
     return state, *_refresh(state, "", 0, 0, "all rows")
 
 
@@ -169,7 +181,7 @@ def build(demo: gr.Blocks) -> None:
                 "will be trained on.")
     with gr.Row():
         kind = gr.Radio(SOURCES, value=SOURCES[0], label="Source")
-        path = gr.Textbox(str(paths.default_dbdemos_dir()), label="Folder or file path",
+        path = gr.Textbox(str(paths.default_dbdemos_dir()), label="Folder or file path", elem_id="data-path",
                           info="For 'dbdemos folder': the folder with the two parquet files. For 'file path': "
                                "a CSV, Parquet, JSON/JSONL file or a saved dataset folder.")
         upload = gr.File(label="Upload", file_types=[".csv", ".tsv", ".parquet", ".json", ".jsonl"], type="filepath")
