@@ -17,7 +17,10 @@ def main() -> None:
 
     demo = build_app()
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth, css=CSS)
+    from workbench.data import max_file_mb
+
+    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth, css=CSS,
+                                                   max_file_size=f"{max_file_mb():.0f}mb")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Loading, mapping, cleaning, splitting, leakage, formatting and the answer-only loss mask."""
+"""Loading, column mapping, cleaning steps, the split and the leakage check on real files (pandas/pyarrow/datasets)."""
 from __future__ import annotations
 
 import json
@@ -6,160 +6,194 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_cli
 from workbench import browse, cleaning, data
-from workbench.config import EMBEDDED_MODEL, DataConfig
-from workbench.formatting import IGNORE_INDEX, prompt_text, tokenize_example
+from workbench.config import DataConfig
+
+PAIRS = [{"question": f"How do I use feature {i} in Databricks?",
+          "answer": f"Feature {i} is enabled in the workspace settings; then call it from SQL or PySpark."}
+         for i in range(40)]
 
 
-def write(tmp_path, name, text):
-    p = tmp_path / name
-    p.write_text(text, encoding="utf-8")
-    return p
-
-
-@pytest.mark.parametrize("name,text", [
-    ("qa.csv", "question,answer\nWhat is Delta?,A table format with a transaction log.\n"),
-    ("qa.tsv", "prompt\tresponse\nWhat is Delta?\tA table format with a transaction log.\n"),
-    ("qa.jsonl", json.dumps({"instruction": "What is Delta?", "output": "A table format with a log."}) + "\n"),
-    ("qa.json", json.dumps([{"query": "What is Delta?", "reply": "A table format with a log."}])),
-])
-def test_loads_each_format_and_guesses_the_mapping(tmp_path, name, text):
-    table = data.apply_mapping(data.load_table(write(tmp_path, name, text)))
-    assert table.loc[0, "instruction"] == "What is Delta?"
-    assert table.loc[0, "output"].startswith("A table format")
-    assert list(table.columns) == ["id"] + data.RECORD_COLUMNS
-
-
-def test_loads_parquet_and_saved_hf_dataset(tmp_path):
+def write_all_formats(tmp_path, rows, names=("question", "answer")) -> list:
     from datasets import Dataset
 
-    df = pd.DataFrame({"question": ["q1?", "q2?"], "answer": ["answer one", "answer two"]})
-    df.to_parquet(tmp_path / "qa.parquet")
-    assert len(data.load_table(tmp_path / "qa.parquet")) == 2
-    Dataset.from_pandas(df).save_to_disk(str(tmp_path / "ds"))
-    assert data.guess_mapping(data.load_table(tmp_path / "ds").columns) == {"instruction": "question",
-                                                                            "output": "answer"}
+    df = pd.DataFrame(rows).rename(columns=dict(zip(("question", "answer"), names)))
+    files = [tmp_path / "qa.csv", tmp_path / "qa.tsv", tmp_path / "qa.parquet", tmp_path / "qa.json",
+             tmp_path / "qa.jsonl"]
+    df.to_csv(files[0], index=False)
+    df.to_csv(files[1], index=False, sep="\t")
+    df.to_parquet(files[2])
+    files[3].write_text(json.dumps(df.to_dict("records")), encoding="utf-8")
+    df.to_json(files[4], orient="records", lines=True)
+    Dataset.from_pandas(df).save_to_disk(str(tmp_path / "hf_dataset"))
+    return files + [tmp_path / "hf_dataset"]
 
 
-def test_dbdemos_join_is_on_question_id(dbdemos_dir):
-    df = data.load_dbdemos(dbdemos_dir)
-    assert len(df) == 4769
-    joined = pd.read_parquet(dbdemos_dir / "databricks_docs_qa.parquet")
-    pairs = set(zip(joined["question"], joined["answer"]))
-    assert set(zip(df["question"], df["answer"])) == pairs  # the same pairs as Databricks' own join
+def test_every_format_loads_to_the_same_records(tmp_path):
+    tables = [data.apply_mapping(data.load_table(f)) for f in write_all_formats(tmp_path, PAIRS)]
+    expected = [p["question"] for p in PAIRS]
+    for t in tables:
+        assert t["instruction"].tolist() == expected
+        assert t["output"].tolist() == [p["answer"] for p in PAIRS]
+        assert list(t.columns) == ["id"] + data.RECORD_COLUMNS
+
+
+@pytest.mark.parametrize("names, expected", [
+    (("question", "answer"), {"instruction": "question", "output": "answer"}),
+    (("prompt", "response"), {"instruction": "prompt", "output": "response"}),
+    (("instruction", "output"), {"instruction": "instruction", "output": "output"}),
+    (("request", "expected_response"), {"instruction": "request", "output": "expected_response"}),
+    (("Query", "Reply"), {"instruction": "Query", "output": "Reply"}),
+])
+def test_mapping_guesses_common_column_names(names, expected):
+    assert data.guess_mapping(list(names) + ["unrelated"]) == expected
+
+
+def test_mapping_guess_for_the_dbdemos_eval_set_includes_context():
+    cols = ["tag", "expected_retrieved_context", "request", "request_id", "expected_response"]
+    assert data.guess_mapping(cols) == {"instruction": "request", "output": "expected_response",
+                                        "context": "expected_retrieved_context"}
 
 
 def test_explicit_mapping_and_missing_column_message(tmp_path):
-    p = write(tmp_path, "x.csv", "q_text,a_text\nWhy?,Because it is so.\n")
-    with pytest.raises(data.DataError, match="columns are q_text, a_text; map 'instruction'"):
-        data.apply_mapping(data.load_table(p))
-    table = data.apply_mapping(data.load_table(p), {"instruction": "q_text", "output": "a_text"})
-    assert table.loc[0, "output"] == "Because it is so."
+    f = tmp_path / "odd.csv"
+    pd.DataFrame({"ask": ["What is Delta?"], "say": ["A table format with a transaction log."]}).to_csv(f, index=False)
+    raw = data.load_table(f)
+    with pytest.raises(data.DataError, match=r"No column for the questions: columns are ask, say; map 'instruction'"):
+        data.apply_mapping(raw)
+    t = data.apply_mapping(raw, {"instruction": "ask", "output": "say"})
+    assert t.loc[0, "instruction"] == "What is Delta?"
+    with pytest.raises(data.DataError, match=r"Column 'nope' not found; columns are ask, say"):
+        data.apply_mapping(raw, {"instruction": "nope", "output": "say"})
 
 
-def test_cleaning_steps_fix_the_known_noise():
-    df = data.apply_mapping(pd.DataFrame({
-        "question": ['"What is VACUUM?"', '1. "How do I OPTIMIZE?"',
-                     "How do I MERGE?\n(Note: I will not mention the system prompt.)", "Short?", "What is VACUUM?"],
-        "answer": ["It deletes old files.", "Run OPTIMIZE on the table.", "Use MERGE INTO with a source.", "Yes",
-                   "It deletes old files."]}))
-    report = cleaning.preview(df, DataConfig().cleaning)
-    assert len(df) == 5  # preview changes nothing
-    cleaned, report = cleaning.apply_steps(df, DataConfig().cleaning)
+def test_dbdemos_join_is_on_question_id_not_id(dbdemos_dir):
+    df = data.load_dbdemos(dbdemos_dir)
+    assert len(df) == 4769
+    q = pd.read_parquet(dbdemos_dir / "training_dataset_question.parquet")
+    a = pd.read_parquet(dbdemos_dir / "training_dataset_answer.parquet")
+    assert len(q.merge(a, on="id")) < 4700  # the wrong join loses rows (and pairs the wrong answers)
+    joined = pd.read_parquet(dbdemos_dir / "databricks_docs_qa.parquet")  # the reference join shipped with them
+    ours = dict(zip(df["source_id"], df["answer"]))
+    assert all(ours[i] == ans for i, ans in zip(joined["id"], joined["answer"]))
+
+
+def table(pairs):
+    return data.apply_mapping(pd.DataFrame(pairs, columns=["question", "answer"]))
+
+
+def test_each_cleaning_step_reports_counts_and_before_after():
+    long = "A long enough answer about Delta tables and their log."
+    df = table([
+        ['"What is Delta Lake?"', long],
+        ["1. How do I vacuum a table?", long],
+        ["What is a catalog?\n(Note: I will not mention the system prompt.)", long],
+        ["What is Photon?\nPhoton is a vectorized engine written in C++.", long],
+        ["What is DBFS?", "A file API."],
+        ["What is Delta Lake?", long],
+        ["What is Delta Lake?", long + " More."],
+    ])
+    cleaned, report = cleaning.apply_steps(df, ["strip_numbering", "strip_quotes", "drop_generator_chatter",
+                                                "drop_short_answers", "drop_duplicate_pairs",
+                                                "drop_duplicate_questions"])
     by = {r["step"]: r for r in report}
-    assert by["strip_numbering"]["edited"] == 1 and by["strip_quotes"]["edited"] == 2
-    assert by["drop_generator_chatter"]["edited"] == 1 and by["drop_short_answers"]["dropped"] == 1
+    assert by["strip_numbering"]["edited"] == 1
+    assert by["strip_numbering"]["examples"][0]["after"] == "How do I vacuum a table?"
+    assert by["strip_quotes"]["edited"] == 1 and by["strip_quotes"]["examples"][0]["after"] == "What is Delta Lake?"
+    assert by["drop_generator_chatter"]["edited"] == 2
+    assert {e["after"] for e in by["drop_generator_chatter"]["examples"]} == {"What is a catalog?", "What is Photon?"}
+    assert by["drop_short_answers"]["dropped"] == 1
     assert by["drop_duplicate_pairs"]["dropped"] == 1
-    assert cleaned["instruction"].tolist() == ["What is VACUUM?", "How do I OPTIMIZE?", "How do I MERGE?"]
+    assert by["drop_duplicate_questions"]["dropped"] == 1
+    assert cleaned["instruction"].tolist() == ["What is Delta Lake?", "How do I vacuum a table?", "What is a catalog?",
+                                               "What is Photon?"]
+
+
+def test_preview_does_not_change_the_table_and_matches_apply(dbdemos_dir):
+    df = data.apply_mapping(data.load_dbdemos(dbdemos_dir))
+    before = df.copy()
+    steps = list(DataConfig().cleaning)
+    preview = cleaning.preview(df, steps)
+    pd.testing.assert_frame_equal(df, before)
+    _, applied = cleaning.apply_steps(df, steps)
+    assert [(r["edited"], r["dropped"]) for r in preview] == [(r["edited"], r["dropped"]) for r in applied]
+    counts = {r["step"]: r for r in preview}
+    assert counts["strip_quotes"]["edited"] > 2000  # about half the questions are quoted (PROVENANCE.md)
+    assert counts["drop_generator_chatter"]["edited"] == 85  # the 85 multi-line questions
+    assert counts["drop_duplicate_pairs"]["dropped"] > 50
     with pytest.raises(data.DataError, match="Unknown cleaning step"):
-        cleaning.apply_steps(df, ["polish"])
+        cleaning.apply_steps(df, ["strip_quotes", "remove_everything"])
 
 
-def test_real_dbdemos_noise_counts(dbdemos_dir):
-    df = data.load_source(DataConfig(source="dbdemos", dbdemos_dir=str(dbdemos_dir)))
-    _, report = cleaning.apply_steps(df, DataConfig().cleaning)
-    by = {r["step"]: r for r in report}
-    assert by["strip_quotes"]["edited"] > 2000 and by["strip_numbering"]["edited"] > 200
-    assert by["drop_generator_chatter"]["edited"] >= 80 and by["drop_duplicate_pairs"]["dropped"] > 50
-
-
-def test_split_is_deterministic_and_keeps_duplicates_together():
-    df = data.apply_mapping(pd.DataFrame({"q": [f"question {i}?" for i in range(200)] + ['"Question 7?"'] * 3,
-                                          "answer": ["some answer text"] * 203}), {"instruction": "q",
-                                                                                  "output": "answer"})
-    a, b = data.split(df, 0.2, 1), data.split(df, 0.2, 1)
+def test_split_is_deterministic_and_keeps_duplicate_questions_together():
+    rows = [[f"Question number {i}?", f"Answer {i} is long enough to keep."] for i in range(300)]
+    rows += [[f'"question NUMBER {i}?"', f"Another answer {i} that is long enough."] for i in range(0, 300, 7)]
+    df = table(rows)
+    a, b = data.split(df, 0.2, 7), data.split(df, 0.2, 7)
     assert a.tolist() == b.tolist()
-    assert 15 < (a == "eval").sum() < 70
-    sides = a[df["instruction"].map(data.normalize) == "question 7"]
-    assert sides.nunique() == 1 and len(sides) == 4
-    assert data.split(df, 0.2, 2).tolist() != a.tolist()
+    assert 30 < (a == "eval").sum() < 90
+    sides_by_question = pd.DataFrame({"q": df["instruction"].map(data.normalize), "side": a}).groupby("q")["side"]
+    assert (sides_by_question.nunique() == 1).all()
+    assert data.split(df, 0.2, 8).tolist() != a.tolist()  # the seed matters
 
 
-def test_leakage_check_catches_the_shipped_dbdemos_eval_set(dbdemos_dir):
-    train = data.load_source(DataConfig(source="dbdemos", dbdemos_dir=str(dbdemos_dir)))
+def test_rows_sharing_an_answer_stay_together_so_the_split_cannot_leak(dbdemos_dir):
+    shared = "Run VACUUM to remove files that are no longer referenced by the table."
+    rows = [[f"Question {i} about something?", f"Unique answer number {i} with enough text."] for i in range(200)]
+    rows += [[f"How do I clean up old files, variant {i}?", shared] for i in range(12)]
+    df = table(rows)
+    for seed in range(5):
+        sides = data.split(df, 0.3, seed)
+        assert sides.iloc[200:].nunique() == 1  # twelve different questions, one answer: one side
+    dbd = data.apply_mapping(data.load_dbdemos(dbdemos_dir))  # 106 repeated answers, no cleaning at all
+    sides = data.split(dbd, 0.1, 42)
+    assert data.leakage(dbd[sides == "train"], dbd[sides == "eval"])["leaked_rows"] == 0
+
+
+def test_prepare_dataset_contract_and_caps(dbdemos_dir):
+    cfg = DataConfig(source="dbdemos", dbdemos_dir=str(dbdemos_dir), max_train_examples=50, max_eval_examples=10)
+    p1, p2 = data.prepare_dataset(cfg), data.prepare_dataset(cfg)
+    assert p1.train == p2.train and p1.eval == p2.eval
+    assert len(p1.train) == 50 and len(p1.eval) == 10
+    assert set(p1.train[0]) == {"id", "instruction", "input", "output", "context"}
+    assert p1.report["rows_loaded"] == 4769 and p1.report["leakage"]["leaked_rows"] == 0
+    assert [s["step"] for s in p1.report["cleaning"]] == list(cfg.cleaning)
+    assert not {r["id"] for r in p1.train} & {r["id"] for r in p1.eval}
+
+
+def test_sample_source_prepares():
+    p = data.prepare_dataset(DataConfig())
+    assert len(p.train) + len(p.eval) == p.report["rows_after_cleaning"] == 78
+    assert p.eval and p.report["leakage"]["leaked_rows"] == 0
+
+
+def test_leakage_check_catches_the_shipped_eval_set(dbdemos_dir):
+    train = data.apply_mapping(data.load_dbdemos(dbdemos_dir))
     eval_set = data.apply_mapping(data.load_table(dbdemos_dir / "databricks_doc_eval_set.parquet"))
     report = data.leakage(train, eval_set)
-    assert report["leaked_rows"] == 171 and report["leaked_fraction"] == 1.0
-    assert data.leakage_message(report).startswith("LEAKAGE")
-    prepared = data.prepare_dataset(DataConfig(source="dbdemos", dbdemos_dir=str(dbdemos_dir)))
-    assert prepared.report["leakage"]["leaked_rows"] == 0  # our own split is held out
+    assert report["eval_rows"] == 171 and report["leaked_rows"] == 171 and report["answer_overlap"] == 171
+    assert data.leakage_message(report).startswith("LEAKAGE: 171 of 171 evaluation rows (100%)")
 
 
-def test_prepare_dataset_on_the_shipped_sample():
-    prepared = data.prepare_dataset(DataConfig())
-    assert len(prepared.train) + len(prepared.eval) >= 60
-    assert set(prepared.train[0]) == {"id", "instruction", "input", "output", "context"}
+def test_leakage_sees_through_quotes_numbering_and_case():
+    train = table([['"1. What is Unity Catalog?"', "The governance layer for data and AI on Databricks."]])
+    eval_ = table([["what is unity catalog", "Something else entirely, written differently."],
+                   ["What is a lakehouse?", "An architecture that joins lakes and warehouses."]])
+    r = data.leakage(train, eval_)
+    assert (r["question_overlap"], r["answer_overlap"], r["leaked_rows"]) == (1, 0, 1)
+    assert "No leakage" in data.leakage_message(data.leakage(eval_.iloc[1:], train))
 
 
-def test_loss_mask_token_by_token_on_the_real_tokenizer():
-    from workbench.models import load_tokenizer
-
-    tok = load_tokenizer(EMBEDDED_MODEL)
-    record = {"instruction": "What does VACUUM do?", "output": "It removes unreferenced files.", "context": "",
-              "input": ""}
-    ex = tokenize_example(record, tok, 512)
-    n_prompt = len(tok(prompt_text(record, tok), add_special_tokens=False)["input_ids"])
-    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
-    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
-    assert tok.decode(ex["input_ids"][n_prompt:]) == "It removes unreferenced files.<|im_end|>"
-    full = tok.apply_chat_template([{"role": "user", "content": record["instruction"]},
-                                    {"role": "assistant", "content": record["output"]}], tokenize=False)
-    assert tok.decode(ex["input_ids"]) == full.rstrip("\n")  # exactly the chat template's text
-    short = tokenize_example(record, tok, n_prompt + 3)
-    assert len(short["input_ids"]) == n_prompt + 3 and short["answer_tokens"] == 3
-
-
-def test_instruction_template_masks_the_prompt_too():
-    from workbench.models import load_tokenizer
-
-    tok = load_tokenizer(EMBEDDED_MODEL)
-    record = {"instruction": "Q?", "output": "Answer.", "context": "Some context", "input": ""}
-    ex = tokenize_example(record, tok, 256, template="instruction")
-    answer = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
-    assert tok.decode(answer) == "Answer." + tok.eos_token
-    assert "### Context:" in tok.decode(ex["input_ids"])
-
-
-def test_browse_search_and_filters():
-    table = browse.annotate(data.load_source(DataConfig()))
-    hits = browse.filter_table(table, "stack unpivot")
-    assert 0 < len(hits) < len(table)
-    assert all("stack" in (q + a).lower() for q, a in zip(hits["instruction"], hits["output"]))
-    assert len(browse.filter_table(table, "", min_chars=300)) < len(table)
-    assert set(browse.filter_table(table, view="eval split")["split"]) == {"eval"}
-
-
-def test_cli_data_commands(tmp_path, dbdemos_dir):
-    out = run_cli("data", "inspect", "dbdemos", "--dbdemos-dir", dbdemos_dir)
-    assert out.returncode == 0, out.stderr
-    assert "4769 rows" in out.stdout and "LEAKAGE" not in out.stdout
-    dest = tmp_path / "clean.jsonl"
-    out = run_cli("data", "clean", "sample", "--out", dest)
-    assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in dest.read_text().splitlines()]
-    assert len(rows) >= 60 and set(rows[0]) == set(data.RECORD_COLUMNS)
-    out = run_cli("data", "preview", "sample", "--row", "0")
-    assert out.returncode == 0 and "[[" in out.stdout and "<|im_end|>]]" in out.stdout
-    out = run_cli("data", "inspect", tmp_path / "missing.csv")
-    assert out.returncode == 1 and "does not exist" in out.stderr
+def test_browse_search_filters_and_stats(dbdemos_dir):
+    t = browse.annotate(data.apply_mapping(data.load_dbdemos(dbdemos_dir)))
+    hits = browse.filter_table(t, "Unity CATALOG")
+    assert 0 < len(hits) < len(t)
+    text = (hits["instruction"] + hits["output"] + hits["context"]).str.lower()
+    assert text.str.contains("unity").all() and text.str.contains("catalog").all()
+    short = browse.filter_table(t, "", 0, 100)
+    assert len(short) and (short["a_chars"] <= 100).all()
+    assert browse.filter_table(t, view="duplicates")["duplicate"].all()
+    assert set(browse.filter_table(t, view="eval split")["split"]) == {"eval"}
+    assert browse.filter_table(t, view="flagged by cleaning")["flagged"].all()
+    stats = browse.char_stats(t)
+    assert stats["rows"] == 4769 and stats["answer_chars"]["max"] > 20000

@@ -118,11 +118,35 @@ def normalize(text: str) -> str:
 
 
 def split(df: pd.DataFrame, eval_fraction: float, seed: int) -> pd.Series:
-    """'train'/'eval' per row, by a hash of the normalized question: duplicates land on one side."""
-    def side(q: str) -> str:
-        h = hashlib.sha256(f"{seed}:{normalize(q)}".encode()).digest()
+    """'train'/'eval' per row, by a hash of the row's duplicate group: rows that share a normalized question
+    or a normalized answer always land on the same side, so the split itself cannot leak."""
+    def side(key: str) -> str:
+        h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
         return "eval" if int.from_bytes(h[:8], "big") / 2**64 < eval_fraction else "train"
-    return df["instruction"].map(side)
+    return pd.Series([side(k) for k in duplicate_groups(df)], index=df.index, dtype=object)
+
+
+def duplicate_groups(df: pd.DataFrame) -> list[str]:
+    """Per row, the smallest normalized question of its group (rows linked by equal questions or answers)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    questions, answers = df["instruction"].map(normalize).tolist(), df["output"].map(normalize).tolist()
+    for q, a in zip(questions, answers):
+        if a:  # answers that normalize to nothing ('...') link nothing
+            rq, ra = find("q:" + q), find("a:" + a)
+            if rq != ra:
+                parent[max(rq, ra)] = min(rq, ra)
+    smallest: dict[str, str] = {}
+    for q in questions:
+        root = find("q:" + q)
+        smallest[root] = min(smallest.get(root, q), q)
+    return [smallest[find("q:" + q)] for q in questions]
 
 
 def leakage(train: pd.DataFrame, eval_: pd.DataFrame) -> dict:

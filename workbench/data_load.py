@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -115,12 +116,14 @@ def _read_csv(p: Path) -> pd.DataFrame:
     text, encoding = _decode(p)
     sep = "\t" if p.suffix.lower() == ".tsv" else None
     try:
-        header = pd.read_csv(io.StringIO(text), sep=sep, engine="python", header=None, nrows=1, dtype=str)
-        df = pd.read_csv(io.StringIO(text), sep=sep, engine="python", dtype=str, keep_default_na=True)
+        with warnings.catch_warnings():  # a row longer than the header would silently become an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            header = pd.read_csv(io.StringIO(text), sep=sep, engine="python", header=None, nrows=1, dtype=str)
+            df = pd.read_csv(io.StringIO(text), sep=sep, engine="python", dtype=str, index_col=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{p.name} has no header and no rows; it needs a header line such as "
                         f"'question,answer' and one row per pair.") from None
-    except (pd.errors.ParserError, ValueError, csv.Error) as e:
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, csv.Error) as e:
         raise DataError(f"{p.name} could not be parsed as CSV ({str(e).splitlines()[0][:160]}); check quoting "
                         f"and that every row has the same number of fields.") from None
     names = [str(c).strip() for c in header.iloc[0].tolist()] if len(header) else []

@@ -113,9 +113,8 @@ def build_model(cfg: RunConfig, device: str):
     return get_peft_model(model, lora), tokenizer, device
 
 
-def tokenized(records: list[dict], tokenizer, cfg: RunConfig):
-    from datasets import Dataset
-
+def tokenized(records: list[dict], tokenizer, cfg: RunConfig) -> list[dict]:
+    """A plain list is a valid map-style dataset for the Trainer."""
     from workbench.formatting import tokenize_example
 
     rows = []
@@ -123,7 +122,7 @@ def tokenized(records: list[dict], tokenizer, cfg: RunConfig):
         ex = tokenize_example(r, tokenizer, cfg.model.max_seq_length, cfg.data.template, cfg.data.system_prompt)
         if ex["answer_tokens"] > 0:
             rows.append({k: ex[k] for k in ("input_ids", "attention_mask", "labels")})
-    return Dataset.from_list(rows)
+    return rows
 
 
 class PadCollator:

@@ -9,12 +9,13 @@ import gradio as gr
 import pandas as pd
 import plotly.express as px
 
-from workbench import browse, cleaning, data, paths
+from workbench import browse, cleaning, data, dbdemos, paths
 from workbench.config import EMBEDDED_MODEL, DataConfig
 from workbench.ui import guard
 
 SOURCES = ["sample (shipped)", "dbdemos folder", "file path", "upload"]
 SHOW_ROWS = 300
+MAX_LENGTH = 512
 FIELDS = ["instruction", "output", "context", "input"]
 
 
@@ -100,8 +101,14 @@ def _report_md(report, verb):
     for r in report:
         lines.append(f"- **{r['step']}** — {r['description']}: {r['edited']:,} edited, {r['dropped']:,} dropped")
         for ex in r["examples"][:3]:
-            lines.append(f"    - `{ex['id']}` {ex['action']}: “{ex['before'][:90]}” → “{ex['after'][:90]}”")
+            before, after = (_one_line(ex[k]) for k in ("before", "after"))
+            lines.append(f"    - `{ex['id']}` {ex['action']}: “{before}” → “{after}”")
     return "\n".join(lines)
+
+
+def _one_line(text, width=110):
+    flat = " ⏎ ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return flat if len(flat) <= width else flat[:width] + "…"
 
 
 def _apply_cleaning(state, steps, request: gr.Request):
@@ -110,6 +117,8 @@ def _apply_cleaning(state, steps, request: gr.Request):
         raise gr.Error("Load data first.")
     base = state["table"][["id"] + data.RECORD_COLUMNS]
     cleaned, report = cleaning.apply_steps(base, steps)
+    if cleaned.empty:
+        raise gr.Error("These steps would remove every row; untick some of them (Preview shows what each does).")
     state = dict(state, history=state["history"] + [state["table"]], table=browse.annotate(cleaned))
     return state, _report_md(report, "Applied") + "\n\n*Undo restores the table before this step.*"
 
@@ -122,13 +131,26 @@ def _undo(state):
     return state, f"Undone: back to {len(state['table']):,} rows."
 
 
-def _leakage(state):
+def _leakage(state, against):
     table = state.get("table")
     if table is None:
         return "*Load data first.*"
     report = data.leakage(table[table["split"] == "train"], table[table["split"] == "eval"])
+    lines = [_leak_html("Train/eval split of this table", report)]
+    if (against or "").strip():
+        try:
+            other = data.apply_mapping(data.load_table(against))
+        except data.DataError as e:
+            lines.append(f"<div class='wb-error'>⚠️ Evaluation file: {e}</div>")
+        else:
+            lines.append(_leak_html(f"{Path(against.strip()).name} against all {len(table):,} rows here",
+                                    data.leakage(table, other)))
+    return "\n".join(lines)
+
+
+def _leak_html(title, report):
     css = "wb-error" if report["leaked_rows"] else "wb-warn"
-    return f"<div class='{css}'>{data.leakage_message(report)}</div>"
+    return f"<div class='{css}'><b>{title}:</b> {data.leakage_message(report)}</div>"
 
 
 def _example(state, row_id, template, progress=gr.Progress()):
@@ -143,26 +165,29 @@ def _example(state, row_id, template, progress=gr.Progress()):
     row = table[table["id"] == row_id]
     if row.empty:
         return None, f"Row {row_id} is not in the current table."
-    pieces = marked_view(row.iloc[0].to_dict(), tok, 512, template)
+    pieces = marked_view(row.iloc[0].to_dict(), tok, MAX_LENGTH, template)
     n_loss = sum(1 for _, loss in pieces if loss)
     return ([(t, "loss" if loss else None) for t, loss in pieces],
             f"{len(pieces)} tokens; the **{n_loss} highlighted tokens** (the answer and its end-of-turn marker) "
             f"carry the loss — the prompt only conditions the model.")
 
 
-def _token_stats(state, progress=gr.Progress()):
+def _token_stats(state, template, progress=gr.Progress()):
     table = state.get("table")
     if table is None:
         return "*Load data first.*", None
     from workbench.models import load_tokenizer
 
     progress(0.1, desc="Loading the tokenizer")
-    stats = browse.token_stats(table, load_tokenizer(EMBEDDED_MODEL), 512, progress=lambda f, m: progress(f, desc=m))
-    fig = px.histogram(pd.DataFrame({"tokens": stats["total_tokens"]}), x="tokens", nbins=60,
-                       title="Tokens per formatted example (SmolLM2 tokenizer)")
-    fig.add_vline(x=512, line_dash="dash", annotation_text="max_seq_length 512")
-    return (f"Median {stats['median_total']} tokens, p95 {stats['p95_total']}; **{stats['over_max_length']}** "
-            f"examples are longer than 512 tokens and would be cut."), fig
+    stats = browse.token_stats(table, load_tokenizer(EMBEDDED_MODEL), MAX_LENGTH, template,
+                               progress=lambda f, m: progress(f, desc=m))
+    counts = pd.DataFrame({"question (whole prompt)": stats["prompt_tokens"], "answer": stats["answer_tokens"],
+                           "whole example": stats["total_tokens"]})
+    fig = px.histogram(counts.melt(var_name="part", value_name="tokens"), x="tokens", color="part", nbins=60,
+                       barmode="overlay", title="Tokens per example (SmolLM2 tokenizer)")
+    fig.add_vline(x=MAX_LENGTH, line_dash="dash", annotation_text=f"max_seq_length {MAX_LENGTH}")
+    return (f"{len(table):,} examples: median {stats['median_total']} tokens, p95 {stats['p95_total']}; "
+            f"**{stats['over_max_length']}** are longer than {MAX_LENGTH} tokens and would be cut."), fig
 
 
 def _export(state, request: gr.Request):
@@ -173,6 +198,27 @@ def _export(state, request: gr.Request):
     out = Path(tempfile.mkdtemp(prefix="wb-export-")) / "cleaned_instructions.jsonl"
     data.write_jsonl(table[data.RECORD_COLUMNS].to_dict("records"), out)
     return str(out)
+
+
+def _show_licence():
+    try:
+        return "```text\n" + dbdemos.licence_text(timeout=10) + "\n```"
+    except data.DataError as e:
+        return f"<div class='wb-error'>⚠️ {e}</div>"
+
+
+def _fetch(dest, accepted, request: gr.Request, progress=gr.Progress()):
+    guard.require(request, "clean_data")  # writes files on the server
+    if not accepted:
+        return ("<div class='wb-warn'>Tick “I have read the Databricks License and accept it” first; the files are "
+                "not open source.</div>", gr.update(), gr.update())
+    try:
+        files = dbdemos.fetch(dest, accept_licence=True, timeout=30, progress=lambda f, m: progress(f, desc=m))
+    except data.DataError as e:
+        return f"<div class='wb-error'>⚠️ {e}</div>", gr.update(), gr.update()
+    folder = str(files[0].parent)
+    return (f"Downloaded {len(files)} files into `{folder}`. The source is set to that folder: press Load.",
+            gr.update(value="dbdemos folder"), gr.update(value=folder))
 
 
 def build(demo: gr.Blocks) -> None:
@@ -212,10 +258,22 @@ def build(demo: gr.Blocks) -> None:
         example_md = gr.Markdown()
     with gr.Accordion("Token lengths, leakage, export", open=False):
         with gr.Row():
-            tok_btn, leak_btn, export_btn = (gr.Button("Token statistics"), gr.Button("Check train/eval leakage"),
-                                             gr.Button("Export cleaned JSONL"))
-        tok_md, tok_plot, leak_md = gr.Markdown(), gr.Plot(), gr.Markdown()
-        export_file = gr.File(label="Download")
+            tok_btn, export_btn = gr.Button("Token statistics"), gr.Button("Export cleaned JSONL")
+        tok_md, tok_plot = gr.Markdown("*Press Token statistics to count tokens with the model's tokenizer.*"), gr.Plot()
+        export_file = gr.File(label="Download", elem_id="data-export")
+        with gr.Row():
+            against = gr.Textbox(label="Also check an evaluation file against this data (optional path)",
+                                 placeholder="e.g. …/databricks_doc_eval_set.parquet", elem_id="data-against")
+            leak_btn = gr.Button("Check leakage")
+        leak_md = gr.Markdown(elem_id="data-leakage")
+    with gr.Accordion("Download the dbdemos files (internet needed)", open=False):
+        gr.Markdown(dbdemos.LICENCE_SUMMARY)
+        with gr.Row():
+            dest = gr.Textbox(str(paths.data_dir() / "dbdemos"), label="Download into folder")
+            accept = gr.Checkbox(False, label="I have read the Databricks License and accept it")
+        with gr.Row():
+            licence_btn, fetch_btn = gr.Button("Show the full licence"), gr.Button("Download")
+        fetch_md = gr.Markdown()
 
     browse_inputs = [state, query, min_chars, max_chars, view]
     browse_outputs = [summary, table, lengths, row_pick]
@@ -228,8 +286,19 @@ def build(demo: gr.Blocks) -> None:
         st, s, df, fig, ids = _apply_mapping(st, *m)
         return st, s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0])
 
-    load_btn.click(_load, [kind, path, upload, state], [state, load_msg, *mapping]).then(
-        apply_map, [state, *mapping], [state, *browse_outputs])
+    def auto_map(st, *m):
+        """After Load: apply the guessed mapping; if it cannot apply, keep what is shown and say why."""
+        if not st.get("pending"):
+            return st, *[gr.update()] * len(browse_outputs)
+        try:
+            return apply_map(st, *m)
+        except gr.Error as e:
+            gr.Warning(f"{e.message} Then press Apply mapping.")
+            return st, *[gr.update()] * len(browse_outputs)
+
+    load_inputs, load_outputs = [kind, path, upload, state], [state, load_msg, *mapping]
+    load_btn.click(_load, load_inputs, load_outputs).then(auto_map, [state, *mapping], [state, *browse_outputs])
+    upload.upload(lambda: gr.update(value="upload"), None, kind)
     map_btn.click(apply_map, [state, *mapping], [state, *browse_outputs])
     for comp in (query, min_chars, max_chars, view):
         comp.change(refresh, browse_inputs, browse_outputs)
@@ -238,8 +307,9 @@ def build(demo: gr.Blocks) -> None:
     undo_btn.click(_undo, state, [state, clean_md]).then(refresh, browse_inputs, browse_outputs)
     row_pick.change(_example, [state, row_pick, template], [example, example_md])
     template.change(_example, [state, row_pick, template], [example, example_md])
-    tok_btn.click(_token_stats, state, [tok_md, tok_plot])
-    leak_btn.click(_leakage, state, leak_md)
+    tok_btn.click(_token_stats, [state, template], [tok_md, tok_plot])
+    leak_btn.click(_leakage, [state, against], leak_md)
     export_btn.click(_export, state, export_file)
-    demo.load(_load, [kind, path, upload, state], [state, load_msg, *mapping]).then(
-        apply_map, [state, *mapping], [state, *browse_outputs])
+    licence_btn.click(_show_licence, None, fetch_md)
+    fetch_btn.click(_fetch, [dest, accept], [fetch_md, kind, path])
+    demo.load(_load, load_inputs, load_outputs).then(auto_map, [state, *mapping], [state, *browse_outputs])

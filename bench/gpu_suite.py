@@ -1,0 +1,158 @@
+"""GPU benchmarks on a Mistral-7B-shaped model with random weights (no real checkpoint reaches the GPU machine;
+speed and memory do not depend on weight values).
+
+  python bench/gpu_suite.py train      # the seed recipe through workbench.train, vs a baseline that upcasts with
+                                       # peft's prepare_model_for_kbit_training (same run, same data)
+  python bench/gpu_suite.py generate   # plain 4-bit generate: base, with adapter, mixed base+adapter batch
+
+Prints one JSON object per measurement. Needs CUDA.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODEL_DIR = Path(os.environ.get("MISTRAL_SHAPE_DIR", "/tmp/mistral7b-random"))
+
+
+def build_random_mistral() -> Path:
+    """Save a Mistral-7B-shaped model (random bf16 weights) + the embedded tokenizer's files once."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from transformers import AutoTokenizer
+
+    if (MODEL_DIR / "config.json").is_file():
+        return MODEL_DIR
+    cfg = MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=8, vocab_size=49152, max_position_embeddings=32768,
+                        rms_norm_eps=1e-5, rope_theta=1e6, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = MistralForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(MODEL_DIR)
+    # SmolLM2's tokenizer (49,152 tokens; Mistral's has 32,000): BENCH_TOKENIZER names a folder with its files.
+    tok = AutoTokenizer.from_pretrained(os.environ.get("BENCH_TOKENIZER", "embedded-tokenizer"))
+    tok.save_pretrained(MODEL_DIR)
+    del model
+    torch.cuda.empty_cache()
+    return MODEL_DIR
+
+
+def train_once(upcast: bool, steps: int) -> dict:
+    import torch
+
+    from workbench import runs, train
+    from workbench.config import preset
+
+    cfg = preset("seed-mistral-7b-gpu")
+    cfg.name = "gpu-bench-upcast" if upcast else "gpu-bench"
+    cfg.model.name_or_path = str(MODEL_DIR)
+    cfg.model.max_seq_length = 512
+    cfg.data.source = os.environ.get("BENCH_DATA", "dbdemos")
+    cfg.training.max_steps = steps
+    cfg.training.logging_steps = 1
+    cfg.training.optimizer = "adamw_torch"
+    cfg.eval.run_after_training = False
+    cfg.training.eval_steps = 10_000
+    run_id = runs.create_run(cfg)
+    original = train.build_model
+    if upcast:
+        def build_model(c, device):
+            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+            from workbench.models import load_model
+            model, tok, device = load_model(c.model, device)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+            lora = LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout,
+                              target_modules=list(c.lora.target_modules), task_type="CAUSAL_LM")
+            return get_peft_model(model, lora), tok, device
+        train.build_model = build_model
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    try:
+        state = train.run_training(runs.run_path(run_id))
+    finally:
+        train.build_model = original
+    events = [e for e in runs.read_events(run_id) if "loss" in e]
+    rates = [e["tokens_per_s"] for e in events[2:]]  # skip warm-up steps
+    result = {"bench": "train", "variant": "prepare_model_for_kbit_training (fp32 upcast)" if upcast else
+              "workbench recipe (bf16 kept)", "state": state, "steps": len(events),
+              "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
+              "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+              "wall_s": round(time.time() - t0, 1), "reason": runs.read_status(run_id).get("reason", "")}
+    print(json.dumps(result), flush=True)
+    torch.cuda.empty_cache()
+    return result
+
+
+def generate_bench(new_tokens: int = 128) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from workbench.config import ModelConfig
+    from workbench.models import load_model
+
+    model, tok, _ = load_model(ModelConfig(name_or_path=str(MODEL_DIR)), "cuda")
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                 "o_proj"], task_type="CAUSAL_LM"),
+                           adapter_name="tuned")
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.01)
+    model.eval()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "How do I OPTIMIZE a Delta table?"}],
+                                     tokenize=False, add_generation_prompt=True)
+    tok.padding_side = "left"
+
+    def timed(batch, **kw):
+        enc = tok([prompt] * batch, return_tensors="pt", padding=True).to("cuda")
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      pad_token_id=tok.pad_token_id)
+        model.generate(**enc, **dict(kwargs, max_new_tokens=8, min_new_tokens=8), **kw)  # warm-up
+        torch.cuda.synchronize()
+        t = time.time()
+        model.generate(**enc, **kwargs, **kw)
+        torch.cuda.synchronize()
+        return new_tokens / (time.time() - t)
+
+    with model.disable_adapter():
+        base = timed(1)
+    tuned = timed(1)
+    mixed = timed(2, adapter_names=["__base__", "tuned"])
+    for variant, rate in (("base (adapter disabled)", base), ("with adapter", tuned),
+                          ("mixed base+adapter batch of 2, per sequence", mixed)):
+        print(json.dumps({"bench": "generate", "variant": variant, "tokens_per_s": round(rate, 1)}), flush=True)
+
+
+def main() -> None:
+    import torch
+
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    os.environ.setdefault("WORKBENCH_HOME", "/tmp/wb-gpu")
+    print(json.dumps({"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}), flush=True)
+    build_random_mistral()
+    what = sys.argv[1] if len(sys.argv) > 1 else "train"
+    steps = int(os.environ.get("BENCH_STEPS", "20"))
+    if what == "train":
+        # Each variant runs twice, interleaved, so warm-up and ordering effects show up instead of hiding.
+        results = {True: [], False: []}
+        for upcast in (True, False, True, False):
+            results[upcast].append(train_once(upcast=upcast, steps=steps))
+        ours = max(results[False], key=lambda r: r["tokens_per_s"] or 0)
+        base = max(results[True], key=lambda r: r["tokens_per_s"] or 0)
+        if ours["tokens_per_s"] and base["tokens_per_s"]:
+            print(json.dumps({"bench": "train", "speedup_vs_upcast": round(ours["tokens_per_s"] /
+                                                                          base["tokens_per_s"], 2)}))
+    else:
+        generate_bench()
+
+
+if __name__ == "__main__":
+    main()
