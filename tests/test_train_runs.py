@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,13 +52,31 @@ def steps_of(run_id):
     return [e["step"] for e in runs.read_events(run_id) if "loss" in e]
 
 
-def test_short_run_completes_with_complete_folder_and_trained_lora_only():
+def test_double_start_starts_one_run_that_completes_with_trained_lora_only():
     import torch
     from safetensors.torch import load_file
 
     from workbench.models import resolve
 
-    run_id = jobs.start_run(tiny_config(steps=6))
+    base_file = Path(resolve("embedded:SmolLM2-135M-Instruct")) / "model.safetensors"
+    base_sha = _sha(base_file)
+    results, errors = [], []
+
+    def click():  # three concurrent clicks on Start
+        try:
+            results.append(jobs.start_run(tiny_config(steps=6)))
+        except jobs.JobError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=click) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1 and len(errors) == 2, (results, errors)
+    run_id = results[0]
+    assert "only one training job" in errors[0] and run_id in errors[0]
+    assert [r["id"] for r in runs.list_runs()] == results
     status = wait_state(run_id, {"completed", "failed"})
     log = (runs.run_path(run_id) / "train.log").read_text()
     assert status["state"] == "completed", status.get("reason", "") + log[-3000:]
@@ -71,14 +90,23 @@ def test_short_run_completes_with_complete_folder_and_trained_lora_only():
     adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and all(torch.count_nonzero(t) > 0 for t in lora_b)  # B starts at zero: it was trained
-    assert not any("base_layer" in k for k in adapter)  # only the adapter is saved; base weights untouched
-    base = load_file(os.path.join(resolve("embedded:SmolLM2-135M-Instruct"), "model.safetensors"))
-    assert "model.layers.0.self_attn.q_proj.weight" in base  # the base file is still the original
+    assert not any("base_layer" in k for k in adapter)  # only the adapter is saved
+    # Base weights did not train: the optimizer held state for exactly the LoRA tensors, nothing else,
+    # and the base model file is byte-for-byte what it was before the run.
+    optimizer = torch.load(runs.last_checkpoint(folder) / "optimizer.pt", weights_only=True)
+    assert len(optimizer["state"]) == len(adapter) == 2 * 4 * 30  # A and B, q/k/v/o, 30 layers
+    assert _sha(base_file) == base_sha
     assert jobs.active_run() is None
 
 
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_stop_then_resume_continues_at_the_right_step():
-    run_id = jobs.start_run(tiny_config(steps=12))
+    run_id = jobs.start_run(tiny_config(steps=8))
     wait_for(lambda: len(steps_of(run_id)) >= 3)
     jobs.stop_run(run_id)
     status = wait_state(run_id, {"stopped", "failed", "completed"})
@@ -90,8 +118,23 @@ def test_stop_then_resume_continues_at_the_right_step():
     status = wait_state(run_id, {"completed", "failed"})
     assert status["state"] == "completed", status
     steps = steps_of(run_id)
-    assert steps == list(range(1, 13)), steps  # no gap, no duplicate
+    assert steps == list(range(1, 9)), steps  # no gap, no duplicate
     assert stopped_at >= 3
+    elapsed = [e["elapsed"] for e in runs.read_events(run_id)]
+    assert elapsed == sorted(elapsed)  # the resumed run's clock continues (the ETA stays meaningful)
+    assert not (runs.run_path(run_id) / "STOP").exists()
+
+
+def test_sigterm_stops_gracefully_with_a_checkpoint():
+    run_id = jobs.start_run(tiny_config(steps=8))
+    wait_for(lambda: len(steps_of(run_id)) >= 2)
+    os.kill(runs.read_status(run_id)["pid"], signal.SIGTERM)
+    status = wait_state(run_id, {"stopped", "failed", "completed"})
+    assert status["state"] == "stopped", status
+    assert runs.last_checkpoint(runs.run_path(run_id)) is not None
+    assert jobs.active_run() is None
+    with pytest.raises(jobs.JobError, match="not running"):
+        jobs.stop_run(run_id)
 
 
 def test_kill_9_becomes_interrupted_and_resume_loses_no_step():
@@ -123,26 +166,6 @@ def test_nan_loss_and_oom_fail_with_a_reason(monkeypatch, fault, expected):
     assert "Traceback" in (runs.run_path(run_id) / "train.log").read_text()
     if expected == "ran out of memory":
         assert "batch size" in status["reason"] and "GB" in status["reason"]
-
-
-def test_double_start_starts_one_run():
-    results, errors = [], []
-
-    def click():
-        try:
-            results.append(jobs.start_run(tiny_config(steps=4)))
-        except jobs.JobError as e:
-            errors.append(str(e))
-
-    threads = [threading.Thread(target=click) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 1 and len(errors) == 2, (results, errors)
-    assert "only one training job" in errors[0]
-    assert [r["id"] for r in runs.list_runs()] == results
-    wait_state(results[0], {"completed", "failed"})
 
 
 def test_cli_train_and_runs_as_a_user_types_them(tmp_path):

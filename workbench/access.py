@@ -1,7 +1,7 @@
 """Who may do what: the allowlist check every state-changing or GPU-spending handler calls.
 
-Actions: 'admin' actions (train, stop, resume, delete, eval, push, clean_data) spend GPU or change
-state; 'review' actions (chat, vote) need a reviewer; 'view' is read-only. Locally, with no
+Actions: 'admin' actions (train, stop, resume, delete, eval, push, clean_data, export, deploy — and any
+action not listed) spend GPU or change state; 'review' actions (chat, vote) need a reviewer; 'view' is read-only. Locally, with no
 policy configured, everyone may do everything. On a Space the policy comes from space.yaml
 (see workbench.space), and identities come from the Hugging Face login.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-ADMIN_ACTIONS = {"train", "stop", "resume", "delete", "eval", "push", "clean_data", "export"}
+ADMIN_ACTIONS = {"train", "stop", "resume", "delete", "eval", "push", "clean_data", "export", "deploy"}
 REVIEW_ACTIONS = {"chat", "vote"}
+VIEW_ACTIONS = {"view"}
 
 
 class AccessDenied(PermissionError):
@@ -18,13 +19,18 @@ class AccessDenied(PermissionError):
 
 
 def current_policy():
-    """The active policy: the space.yaml one on a Space (or when WORKBENCH_POLICY names a file), else None."""
+    """The active policy: the space.yaml named by WORKBENCH_POLICY (set automatically on a Space), a locked
+    policy on a Space that has none, else None (local use: everyone may do everything)."""
+    from workbench import space  # imported lazily: local use needs no space.yaml
+
     path = os.environ.get("WORKBENCH_POLICY")
     if not path:
-        return None
-    from workbench.space import load_policy  # imported lazily: local use needs no space.yaml
-
-    return load_policy(path)
+        return space.LOCKED if space.on_space() else None
+    try:
+        return space.load_policy(path)
+    except space.SpaceConfigError as e:  # fail closed: a broken allowlist must not open the doors
+        raise AccessDenied(f"The access policy cannot be read, so every protected action is refused: {e} "
+                           f"Fix the file and restart the app.") from None
 
 
 def role_of(username: str | None, policy=None) -> str:
@@ -38,13 +44,14 @@ def role_of(username: str | None, policy=None) -> str:
 def require(action: str, username: str | None, policy=None) -> None:
     """Raise AccessDenied with a message that says who may do this and how to get access."""
     role = role_of(username, policy)
-    if action in ADMIN_ACTIONS and role != "admin":
+    login = "; log in with Hugging Face first." if not username else ""
+    admin_only = action not in REVIEW_ACTIONS | VIEW_ACTIONS  # unknown actions fail closed: admins only
+    if admin_only and role != "admin":
         raise AccessDenied(f"Only admins may {action.replace('_', ' ')} here"
-                           + ("; log in with Hugging Face first." if not username else
-                              f"; '{username}' is not on the admin allowlist in space.yaml."))
+                           + (login or f"; '{username}' is not on the admin allowlist in space.yaml."))
     if action in REVIEW_ACTIONS and role not in ("admin", "reviewer"):
         raise AccessDenied(f"Only reviewers may {action} here"
-                           + ("; log in with Hugging Face first." if not username else
-                              f"; '{username}' is not on the reviewer allowlist in space.yaml."))
+                           + (login or f"; '{username}' is not on the reviewer allowlist in space.yaml."))
     if role == "none":
-        raise AccessDenied("This workbench is private; log in with an allowed Hugging Face account.")
+        raise AccessDenied("This workbench is private" + (login or f"; '{username}' is not on its allowlist "
+                                                                   f"in space.yaml."))

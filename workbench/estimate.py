@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from workbench.config import EMBEDDED_MODEL, RunConfig
 
+VOCAB_GUESS = 32768  # Mistral's 32,000 rounded up; SmolLM2 has 49,152, Llama 3 128,256 (a guess either way)
 # (parameters in billions, hidden size, layers) of models people pick most; others fall back to a guess.
 KNOWN = {
     EMBEDDED_MODEL: (0.135, 576, 30),
@@ -25,16 +26,25 @@ def model_shape(name: str) -> tuple[float, int, int]:
 
 
 def estimate_vram_gb(cfg: RunConfig) -> float:
-    """Weights (4-bit ≈ 0.55 B/param incl. quant constants, else 2) + LoRA/optimizer + activations + overhead."""
+    """GPU memory of one training step, in GB: a planning figure, not a promise.
+
+    weights: 4-bit NF4 ≈ 0.55 byte/param with quantization constants and the bf16 norms/embeddings,
+    else 2 (bf16). LoRA: weights + grads + two Adam states, fp32 (16 bytes/param). Activations per
+    layer ≈ 34 bytes x tokens x hidden (SDPA: no attention matrix kept); gradient checkpointing keeps
+    only each layer's 2-byte input plus one layer's full activations. Logits: bf16 + fp32 upcast +
+    grad ≈ 10 bytes x tokens x vocab. Plus ~1 GB CUDA context and allocator slack.
+    """
     billions, hidden, layers = model_shape(cfg.model.name_or_path)
     weights = billions * (0.55 if cfg.model.load_in_4bit else 2.0)
-    lora_params = len(cfg.lora.target_modules) * layers * 2 * hidden * cfg.lora.r / 1e9
-    adapter = lora_params * 16  # weights + grads + Adam states in fp32
+    lora_params = len(cfg.lora.target_modules) * layers * 2 * hidden * cfg.lora.r
     tokens = cfg.training.batch_size * cfg.model.max_seq_length
-    per_token_layer = 2 * hidden * (2 if cfg.training.gradient_checkpointing else 18)
-    activations = tokens * per_token_layer * (1 if cfg.training.gradient_checkpointing else layers) / 1e9
-    logits = tokens * 32768 * 4 / 1e9  # fp32 logits for the loss
-    return round(weights + adapter + activations + logits + 1.0, 1)
+    full_layer = tokens * hidden * 34
+    if cfg.training.gradient_checkpointing:
+        activations = layers * tokens * hidden * 2 + full_layer
+    else:
+        activations = layers * full_layer
+    logits = tokens * VOCAB_GUESS * 10
+    return round(weights + (lora_params * 16 + activations + logits) / 1e9 + 1.0, 1)
 
 
 def cpu_seconds_per_step(cfg: RunConfig) -> float:

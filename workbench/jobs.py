@@ -3,13 +3,15 @@
 A run is trained by `python -m workbench train --run-dir <dir>` in its own process session, so it
 outlives the browser tab and the app. The slot file `.active.json` in the runs folder names the run
 that holds the one training slot; every claim happens under an exclusive file lock, so two clicks
-on Start (or two app workers) can never start two runs.
+on Start (or two app workers) can never start two runs, and the training process holds a second lock
+for its whole life.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import shlex
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -52,16 +54,34 @@ def _claim(run_id: str, pid: int) -> None:
     _slot_file().write_text(json.dumps({"run_id": run_id, "pid": pid}))
 
 
+_held = {}  # run_id -> the open lock file a training process holds for its whole life
+
+
 def claim_slot_for_current_process(run_id: str) -> None:
-    """Used by a foreground `train` command: take the slot or refuse."""
+    """Called by the training process itself: take the slot or refuse.
+
+    Besides the slot file, the process keeps an exclusive lock on `.training.lock` while it lives; the
+    kernel drops that lock when the process dies (even on kill -9), so two trainers can never overlap.
+    """
     with _slot_lock():
         busy = active_run()
         if busy and busy != run_id:
-            raise JobError(_busy_message(busy))
+            raise JobError(busy_message(busy))
+        fh = open(paths.runs_dir() / ".training.lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise JobError(busy_message(busy) if busy else "Another training process is still running in "
+                           f"{paths.runs_dir()} (it holds .training.lock); wait for it or stop it first.") from None
+        _held[run_id] = fh
         _claim(run_id, os.getpid())
 
 
 def release_slot(run_id: str) -> None:
+    fh = _held.pop(run_id, None)
+    if fh is not None:
+        fh.close()  # closing the file releases the lifetime lock
     with _slot_lock():
         try:
             if json.loads(_slot_file().read_text()).get("run_id") == run_id:
@@ -70,7 +90,7 @@ def release_slot(run_id: str) -> None:
             pass
 
 
-def _busy_message(run_id: str) -> str:
+def busy_message(run_id: str) -> str:
     return (f"Run '{run_id}' is training now and only one training job runs at a time (it needs the whole "
             f"GPU). Wait for it to finish, or stop it first.")
 
@@ -84,6 +104,23 @@ def cli_equivalent(run_id: str | None = None, resume: bool = False) -> str:
     if run_id is None:
         return "python -m workbench train --config config.yaml"
     return f"python -m workbench train --run-dir {runs.run_path(run_id)}" + (" --resume" if resume else "")
+
+
+def cli_for_config(cfg: RunConfig) -> str:
+    """The command that starts a new run with exactly these settings: the preset plus --set overrides."""
+    from workbench.config import PRESETS, iter_fields, preset
+
+    base = preset(cfg.preset) if cfg.preset in PRESETS else RunConfig()
+    prefix = "" if cfg.preset in PRESETS else "python -m workbench config > config.yaml && "
+    cmd = ["python", "-m", "workbench", "train"] + (["--preset", cfg.preset] if not prefix else
+                                                     ["--config", "config.yaml"])
+    for name, _, value in iter_fields(cfg):
+        if name != "preset" and value != base.get(name):
+            text = ", ".join(map(str, value)) if isinstance(value, list) else \
+                json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) \
+                else str(value)
+            cmd += ["--set", f"{name}={text}"]
+    return prefix + shlex.join(cmd)
 
 
 def _spawn(run_id: str, resume: bool) -> int:
@@ -101,7 +138,7 @@ def start_run(cfg: RunConfig) -> str:
     with _slot_lock():
         busy = active_run()
         if busy:
-            raise JobError(_busy_message(busy))
+            raise JobError(busy_message(busy))
         run_id = runs.create_run(cfg)
         pid = _spawn(run_id, resume=False)
         _claim(run_id, pid)
@@ -115,7 +152,7 @@ def resume_run(run_id: str) -> str:
     with _slot_lock():
         busy = active_run()
         if busy:
-            raise JobError(_busy_message(busy))
+            raise JobError(busy_message(busy))
         state = runs.read_status(run_id).get("state")
         if state in ("completed",):
             raise JobError(f"Run '{run_id}' already completed; start a new run to train further.")

@@ -113,6 +113,30 @@ def read_events(run_id: str) -> list[dict]:
     return events
 
 
+def change_marker(run_id: str) -> str:
+    """Cheap 'did anything change?' key: sizes/mtimes of events.jsonl and status.json (no file read)."""
+    path = run_path(run_id)
+    parts = [run_id]
+    for name in ("events.jsonl", "status.json"):
+        try:
+            st = (path / name).stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append("-")
+    return ":".join(parts)
+
+
+def log_tail(run_id: str, chars: int = 4000) -> str:
+    """The end of train.log without reading the whole file (tqdm makes it long)."""
+    path = run_path(run_id) / "train.log"
+    if not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - chars * 2))
+        text = fh.read().decode("utf-8", errors="replace")
+    return text[-chars:]
+
+
 def append_event(run_dir: Path, event: dict) -> None:
     with (run_dir / "events.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(event, allow_nan=True) + "\n")

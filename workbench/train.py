@@ -6,96 +6,15 @@ the adapter, record the final state. Every failure ends as 'failed' with a reaso
 """
 from __future__ import annotations
 
-import math
 import os
-import time
+import signal
 import traceback
 from pathlib import Path
 
 from workbench import jobs, runs
 from workbench.config import RunConfig
-from workbench.failures import NonFiniteLoss, StopRequested, explain
-
-try:
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - transformers is a hard requirement
-    TrainerCallback = object
-
-
-class RunCallback(TrainerCallback):
-    """Writes one event per log step, saves on a timer, obeys STOP, checks for NaN/inf."""
-
-    def __init__(self, run_dir: Path, cfg: RunConfig):
-        self.run_dir, self.cfg = run_dir, cfg
-        self.started = time.time()
-        self.last_save = time.time()
-        self.last_log = (time.time(), 0)
-        self.stopped = False
-        self.fault = os.environ.get("WORKBENCH_FAULT", "")  # test-only fault injection, e.g. oom_at_step:2
-
-    def on_train_begin(self, args, state, control, **kw):
-        runs.write_status(self.run_dir.name, state="running", total_steps=state.max_steps, step=state.global_step)
-        self.last_log = (time.time(), state.num_input_tokens_seen or 0)
-
-    def on_step_begin(self, args, state, control, model=None, **kw):
-        kind, _, at = self.fault.partition("_at_step:")
-        if not at or state.global_step + 1 != int(at):
-            return
-        import torch
-
-        if kind == "oom":  # simulated: no GPU here to exhaust; the real exception type is raised
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated fault)")
-        if kind == "nan":  # a real NaN: poison one LoRA weight so the forward pass produces NaN
-            with torch.no_grad():
-                next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
-        if kind == "crash":
-            raise RuntimeError("simulated crash")
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        logs = logs or {}
-        if not any(k in logs for k in ("loss", "eval_loss")):
-            return
-        now = time.time()
-        tokens = state.num_input_tokens_seen or 0
-        t0, tok0 = self.last_log
-        event = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "ts": now,
-                 "elapsed": round(now - self.started, 2)}
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-            if key in logs:
-                event[key] = float(logs[key])
-        if "loss" in logs:
-            event["tokens_per_s"] = round((tokens - tok0) / max(now - t0, 1e-6), 1)
-            self.last_log = (now, tokens)
-        event.update(_memory())
-        runs.append_event(self.run_dir, event)
-        runs.write_status(self.run_dir.name, step=state.global_step, total_steps=state.max_steps,
-                          epoch=event["epoch"], last_loss=event.get("loss"))
-        for key in ("loss", "eval_loss"):
-            if key in event and not math.isfinite(event[key]):
-                raise NonFiniteLoss(f"{key} became {event[key]} at step {state.global_step}")
-
-    def on_step_end(self, args, state, control, **kw):
-        minutes = self.cfg.training.save_every_minutes
-        if minutes and time.time() - self.last_save > minutes * 60:
-            control.should_save = True
-        if (self.run_dir / "STOP").exists():
-            self.stopped = True
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_save(self, args, state, control, **kw):
-        self.last_save = time.time()
-        runs.write_status(self.run_dir.name, last_checkpoint_step=state.global_step)
-
-
-def _memory() -> dict:
-    import psutil
-    import torch
-
-    mem = {"cpu_mem_gb": round(psutil.Process().memory_info().rss / 2**30, 3)}
-    if torch.cuda.is_available():
-        mem["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return mem
+from workbench.events import RunCallback
+from workbench.failures import StopRequested, explain
 
 
 def build_model(cfg: RunConfig, device: str):
@@ -170,16 +89,20 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
     from workbench.data import read_jsonl
 
     run_id = run_dir.name
-    runs.write_status(run_id, state="running", pid=os.getpid(), started_at=runs.now_iso(), reason="",
-                      ended_at=None)
+    stopping = runs.read_status(run_id).get("state") == "stopping"  # a stop asked for while the process started
+    if not stopping:
+        (run_dir / "STOP").unlink(missing_ok=True)  # left over from an earlier stop of this run
+    runs.write_status(run_id, state="stopping" if stopping else "running", pid=os.getpid(),
+                      started_at=runs.now_iso(), reason="", ended_at=None)
     cfg = runs.load_run_config(run_id)
-    callback = RunCallback(run_dir, cfg)
+    _stop_on_sigterm(run_dir)
     try:
         checkpoint = runs.last_checkpoint(run_dir) if resume else None
         if checkpoint is not None:  # the curve continues from the checkpoint: no duplicated steps
             runs.truncate_events(run_dir, int(checkpoint.name.split("-")[-1]))
         else:
             (run_dir / "events.jsonl").unlink(missing_ok=True)
+        callback = RunCallback(run_dir, cfg)
         model, tokenizer, device = build_model(cfg, cfg.training.device)
         train_ds = tokenized(read_jsonl(run_dir / "data" / "train.jsonl"), tokenizer, cfg)
         eval_ds = tokenized(read_jsonl(run_dir / "data" / "eval.jsonl"), tokenizer, cfg)
@@ -187,7 +110,7 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
                           eval_dataset=eval_ds, data_collator=PadCollator(tokenizer.pad_token_id),
                           callbacks=[callback])
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        if callback.stopped:
+        if callback.stopped and trainer.state.global_step < trainer.state.max_steps:
             runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(),
                               reason="Stopped on request; resume continues from the saved checkpoint.")
             return "stopped"
@@ -208,6 +131,14 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
         return "failed"
     _evaluate_after_training(run_id, cfg)
     return "completed"
+
+
+def _stop_on_sigterm(run_dir: Path) -> None:
+    """SIGTERM asks for the same graceful stop as the STOP file: the callback saves and ends 'stopped'."""
+    def request_stop(signum, frame):
+        (run_dir / "STOP").write_text(f"signal {signum} at {runs.now_iso()}")
+
+    signal.signal(signal.SIGTERM, request_stop)
 
 
 def _evaluate_after_training(run_id: str, cfg: RunConfig) -> None:

@@ -69,6 +69,9 @@ def run_train(args) -> int:
             run_id = jobs.start_run(cfg)
             print(f"started run {run_id} in the background; follow it with `python -m workbench runs`")
             return 0
+        busy = jobs.active_run()
+        if busy:  # refuse before a run folder is made for nothing
+            raise jobs.JobError(jobs.busy_message(busy))
         run_id = runs.create_run(cfg)
         print(f"run {run_id} in {runs.run_path(run_id)}")
         from workbench.train import main

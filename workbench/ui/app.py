@@ -5,6 +5,8 @@ import importlib
 
 import gradio as gr
 
+from workbench.ui import guard
+
 TABS = [("Data", "data_tab"), ("Train", "train_tab"), ("Metrics", "metrics_tab"), ("Chat", "chat_tab"),
         ("Deploy", "deploy_tab")]
 
@@ -29,6 +31,7 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="tech-llm-forge") as demo:
         gr.Markdown("# tech-llm-forge\nFine-tune an LLM on your Q&A data with 4-bit LoRA, "
                     "measure it, and compare it with the base model.")
+        guard.header(demo)  # login button on a Space, who-am-I, no-volume warning
         for label, module in TABS:
             try:
                 tab = importlib.import_module(f"workbench.ui.{module}")
@@ -38,4 +41,5 @@ def build_app() -> gr.Blocks:
                 continue
             with gr.Tab(label, id=module):
                 tab.build(demo)
+        guard.gate_views(demo)  # space.yaml `visitors: none`: callers without a role get no data
     return demo

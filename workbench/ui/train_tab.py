@@ -2,12 +2,15 @@
 live progress and curves read from the run folder, log tail, CLI equivalent, history, overlays."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 import yaml
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench import estimate, jobs, runs
+from workbench import events as events_mod
 from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, coerce, iter_fields, preset
 from workbench.data import DataError
 from workbench.ui import guard
@@ -57,17 +60,19 @@ def config_from_form(model: str, preset_name: str, values) -> RunConfig:
 
 
 def _estimate_text(model, preset_name, *values):
+    """The estimate (or what to fix) and the command line that starts the same run."""
     try:
         cfg = config_from_form(model, preset_name, values)
     except ConfigError as e:
-        return f"<div class='wb-error'>{'<br>'.join(e.messages)}</div>"
+        return f"<div class='wb-error'>{'<br>'.join(e.messages)}</div>", gr.skip()
     problems = cfg.validate()
     gpu, total = estimate.detected_gpu()
     steps = cfg.training.max_steps or None
     text = estimate.describe(cfg, gpu, total, steps)
+    command = f"Same run from a terminal:\n```\n{jobs.cli_for_config(cfg)}\n```"
     if problems:
-        return "<div class='wb-error'>" + "<br>".join(problems) + "</div>" + text
-    return text
+        return "<div class='wb-error'>" + "<br>".join(problems) + "</div>" + text, command
+    return text, command
 
 
 def _start(request: gr.Request, model, preset_name, *values):
@@ -114,20 +119,19 @@ def _history(selected=None):
 
 
 def progress_html(status: dict, events: list[dict]) -> str:
-    state = status.get("state", "no run")
-    step, total = status.get("step", 0) or 0, status.get("total_steps", 0) or 0
-    frac = step / total if total else 0.0
-    losses = [e for e in events if "loss" in e]
-    elapsed = losses[-1]["elapsed"] if losses else 0
-    eta = (elapsed / step) * (total - step) if step and total and state == "running" else None
-    last = losses[-1] if losses else {}
-    mem = f"GPU {last['gpu_mem_gb']:.1f} GB" if "gpu_mem_gb" in last else (
-        f"RAM {last['cpu_mem_gb']:.1f} GB" if "cpu_mem_gb" in last else "")
+    p = events_mod.fold(events, status)  # the pure fold of the run's events (tested without a UI)
+    state = p.get("state", "no run")
+    step, total = int(p.get("step", 0) or 0), int(p.get("total_steps", 0) or 0)
+    frac = min(step / total, 1.0) if total else 0.0
+    eta = p.get("eta_s") if state == "running" else None
+    mem = f"GPU {p['gpu_mem_gb']:.1f} GB" if "gpu_mem_gb" in p else (
+        f"RAM {p['cpu_mem_gb']:.1f} GB" if "cpu_mem_gb" in p else "")
     color = {"failed": "#dc2626", "completed": "#16a34a", "interrupted": "#d97706"}.get(state, "#2563eb")
-    reason = f"<div class='wb-warn'>{status['reason']}</div>" if status.get("reason") else ""
+    notes = [n for n in (p.get("reason"), p.get("nonfinite") and f"Warning: {p['nonfinite']}") if n]
+    reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes)
     return (f"<div id='train-progress'><b>State: <span id='train-state'>{state}</span></b> · step "
-            f"<span id='train-step'>{step}</span>/{total} · elapsed {_fmt(elapsed)} · ETA "
-            f"{_fmt(eta) if eta is not None else '—'} · {last.get('tokens_per_s', '—')} tokens/s · {mem}"
+            f"<span id='train-step'>{step}</span>/{total} · elapsed {_fmt(p.get('elapsed'))} · ETA "
+            f"{_fmt(eta) if eta is not None else '—'} · {p.get('tokens_per_s', '—')} tokens/s · {mem}"
             f"<div style='background:#e5e7eb;border-radius:4px;height:14px;margin-top:6px'>"
             f"<div style='background:{color};width:{frac * 100:.1f}%;height:14px;border-radius:4px'></div></div>"
             f"{reason}</div>")
@@ -164,19 +168,22 @@ def _view(run_id, compare, last_seen):
         return (gr.skip(), "<div class='wb-empty'>No run yet: choose a preset and press Start.</div>",
                 gr.skip(), gr.skip(), gr.skip(), gr.skip())
     try:
-        status = runs.read_status(run_id)
-        events = runs.read_events(run_id)
+        data_key = "|".join(runs.change_marker(r) for r in [run_id, *(compare or [])])  # stat() calls only
+        log_path = runs.run_path(run_id) / "train.log"
     except runs.RunError:
         return gr.skip(), "Run not found.", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    key = f"{run_id}|{len(events)}|{status.get('state')}|{','.join(compare or [])}"
+    key = f"{data_key}#{log_path.stat().st_size if log_path.is_file() else 0}"
     if key == last_seen:
         return (gr.skip(),) * 6
+    log = runs.log_tail(run_id)
+    if data_key == (last_seen or "").split("#")[0]:  # only the log grew (e.g. the model is loading)
+        return key, gr.skip(), gr.skip(), log, gr.skip(), gr.skip()
+    status = runs.read_status(run_id)
+    events = runs.read_events(run_id)
     series = {run_id: events}
     for other in compare or []:
         if other != run_id:
             series[other] = runs.read_events(other)
-    log_path = runs.run_path(run_id) / "train.log"
-    log = log_path.read_text(errors="replace")[-4000:] if log_path.is_file() else ""
     cmd = jobs.cli_equivalent(run_id, resume=status.get("state") in ("stopped", "interrupted"))
     return key, progress_html(status, events), curves(series), log, f"```\n{cmd}\n```", _history(run_id)[1]
 
@@ -192,6 +199,7 @@ def build(demo: gr.Blocks) -> None:
         preset_pick = gr.Dropdown(list(PRESETS), value="quick-demo-cpu", label="Preset",
                                   info=" · ".join(f"{k}: {v[1]}" for k, v in PRESETS.items()))
     estimate_md = gr.Markdown(elem_id="train-estimate")
+    new_cli = gr.Markdown(elem_id="train-new-cli")
     form = []
     with gr.Accordion("All settings (each explained)", open=False):
         defaults = preset("quick-demo-cpu")
@@ -220,7 +228,7 @@ def build(demo: gr.Blocks) -> None:
 
     preset_pick.change(load_preset, preset_pick, form)
     for comp in (model, preset_pick, *form):
-        comp.change(_estimate_text, [model, preset_pick, *form], estimate_md)
+        comp.change(_estimate_text, [model, preset_pick, *form], [estimate_md, new_cli])
     start_btn.click(_start, [model, preset_pick, *form], [run_pick, history, compare],
                     concurrency_limit=1, concurrency_id="train-start").then(
         lambda: "", None, last_seen)
@@ -236,4 +244,4 @@ def build(demo: gr.Blocks) -> None:
         return pick, table, comp
 
     demo.load(on_load, None, [run_pick, history, compare]).then(
-        _estimate_text, [model, preset_pick, *form], estimate_md)
+        _estimate_text, [model, preset_pick, *form], [estimate_md, new_cli])

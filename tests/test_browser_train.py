@@ -18,6 +18,7 @@ def open_tab(page, url, name):
 def test_train_tab_starts_a_run_shows_curves_survives_refresh_and_stops(app_server, page):
     open_tab(page, app_server.url, "Train")
     page.locator("#train-estimate").get_by_text(re.compile("CPU|GPU")).wait_for()
+    page.locator("#train-new-cli").get_by_text("python -m workbench train --preset quick-demo-cpu").wait_for()
     page.locator("#train-start").click()
     state = page.locator("#train-state")
     page.wait_for_function("() => Number(document.querySelector('#train-step')?.innerText || 0) >= 4",

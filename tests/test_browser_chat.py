@@ -1,0 +1,47 @@
+"""A real browser on the real app: ask a question, both columns fill in, vote blind, the vote is counted."""
+from __future__ import annotations
+
+import pytest
+
+from test_chat_support import RUN_B, _built_runs, adapter_runs  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+
+def test_blind_review_in_the_browser(adapter_runs, app_server, page):
+    from playwright.sync_api import expect
+
+    page.goto(app_server.url)
+    page.get_by_role("tab", name="Chat").click()
+    run_box = page.locator("#chat-run input")
+    expect(run_box).to_have_value(f"{RUN_B} (chat-negated)")  # newest run with an adapter is preselected
+    page.locator("#chat-blind input").check()
+    expect(page.locator("#chat-vote-left")).to_be_visible()
+    page.locator("#chat-reviewer textarea").fill("bea")
+    page.get_by_text("Generation settings").click()
+    page.locator("#chat-max-new input").fill("12")
+    page.locator("#chat-examples button").first.click()  # one click puts a held-out question in the box
+    expect(page.locator("#chat-question textarea")).to_have_value("What does the stack function do in Databricks SQL?")
+    page.locator("#chat-send").click()
+
+    status = page.locator("#chat-status")
+    expect(status).to_contain_text("Done", timeout=120_000)
+    for column in ("#chat-left", "#chat-right"):
+        bot = page.locator(f"{column} [data-testid='bot']").last
+        expect(bot).not_to_be_empty()
+    expect(page.locator("#chat-left-head")).to_have_text("Left")  # sides hidden until the vote
+    expect(page.locator("#chat-tally")).to_contain_text("0 votes")
+
+    page.locator("#chat-comment textarea").fill("left reads better")
+    page.locator("#chat-vote-left").click()
+    expect(page.locator("#chat-reveal")).to_contain_text("Revealed")
+    expect(page.locator("#chat-tally")).to_contain_text("1 vote")
+    expect(page.locator("#chat-left-head")).to_contain_text("Left —")
+
+    from workbench import reviews
+
+    (vote,) = reviews.votes(RUN_B)
+    assert (vote["reviewer"], vote["choice"], vote["comment"]) == ("bea", "left", "left reads better")
+    assert vote["winner"] == vote["left_side"] and {vote["left_side"], vote["right_side"]} == {"base", RUN_B}
+    shown_left = page.locator("#chat-left [data-testid='bot']").last.inner_text().strip()
+    assert shown_left and shown_left.split()[0] in vote["left_answer"]

@@ -1,0 +1,362 @@
+"""Score base vs fine-tuned on a run's held-out split and write metrics.json + predictions.jsonl.
+
+One 4-bit copy of the base weights is loaded; the base model is scored with the LoRA adapter
+disabled and the fine-tuned one with it enabled. Base results are cached (keyed by model, eval
+split content and generation settings) so they are computed once. Nothing is written as final
+unless the whole evaluation succeeded.
+"""
+from __future__ import annotations
+
+import fcntl
+import gc
+import hashlib
+import json
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from workbench import paths, runs, scoring
+from workbench.config import RunConfig
+
+CACHE_VERSION = 1  # bump when scoring changes so old cached base results are not reused
+# Share of the progress bar per phase (generation is the slow part).
+PHASES = {"load": (0.0, 0.08), "base_ppl": (0.08, 0.13), "base_gen": (0.13, 0.52),
+          "tuned_ppl": (0.52, 0.57), "tuned_gen": (0.57, 0.97)}
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot run or failed; the message says why and what to do."""
+
+
+def print_progress(fraction: float, message: str) -> None:
+    """A plain progress callback for logs (the training process passes it: train.log shows the phases)."""
+    print(f"[eval {fraction:4.0%}] {message}", flush=True)
+
+
+def _phase(progress, name: str, label: str):
+    lo, hi = PHASES[name]
+    if progress is None:
+        return None
+    return lambda f, msg: progress(lo + (hi - lo) * f, f"{label}: {msg}")
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+def eval_records(run_dir: Path, cfg: RunConfig) -> list[dict]:
+    """The run's held-out split (data/eval.jsonl), capped at eval.max_examples."""
+    from workbench.data import read_jsonl
+
+    path = run_dir / "data" / "eval.jsonl"
+    if not path.is_file():
+        raise EvalError(f"{path} is missing: this run has no held-out split. Start a new run (the split is "
+                        f"written when the run is created).")
+    try:
+        records = read_jsonl(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path} is not valid JSONL ({e}); the run folder was changed by hand. Start a new run.")
+    return _cap(records, cfg.eval.max_examples, path)
+
+
+def _cap(records: list[dict], limit: int, where) -> list[dict]:
+    records = [r for r in records if str(r.get("instruction") or "").strip() and str(r.get("output") or "").strip()]
+    if not records:
+        raise EvalError(f"No evaluation rows with both a question and an answer in {where}; use more data or a "
+                        f"larger data.eval_fraction.")
+    return records[:limit] if limit else records
+
+
+def leakage_report(run_dir: Path, records: list[dict]) -> dict:
+    """Eval rows whose normalized question or answer also occurs in the run's training data."""
+    import pandas as pd
+
+    from workbench.data import leakage, leakage_message, read_jsonl
+
+    train_path = run_dir / "data" / "train.jsonl"
+    if not train_path.is_file():
+        return {"checked": False, "flagged": False,
+                "message": "Leakage not checked: the run has no data/train.jsonl."}
+    columns = ["id", "instruction", "output"]
+    train = pd.DataFrame(read_jsonl(train_path), columns=columns).fillna("")
+    report = leakage(train, pd.DataFrame(records, columns=columns).fillna(""))
+    return {**report, "checked": True, "flagged": report["leaked_rows"] > 0, "message": leakage_message(report)}
+
+
+# -- the base-result cache --------------------------------------------------------------------
+
+def base_cache_key(cfg: RunConfig, records: list[dict], device: str) -> str:
+    """Hash of everything that changes the base model's results."""
+    m = cfg.model
+    payload = {
+        "v": CACHE_VERSION, "model": m.name_or_path, "4bit": m.load_in_4bit, "quant": m.quant_type,
+        "double_quant": m.double_quant, "dtype": m.compute_dtype, "max_seq_length": m.max_seq_length,
+        "template": cfg.data.template, "system_prompt": cfg.data.system_prompt, "device": device,
+        "max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size,
+        "records": [[str(r.get(k) or "") for k in ("instruction", "input", "context", "output")] for r in records],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_file(key: str) -> Path:
+    return paths.cache_dir() / "base_eval" / f"{key}.json"
+
+
+def read_cached_base(key: str) -> dict | None:
+    try:
+        return json.loads(_cache_file(key).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_cached_base(key: str, result: dict) -> None:
+    _atomic_write(_cache_file(key), json.dumps(result))
+
+
+# -- scoring one model ------------------------------------------------------------------------
+
+def score_model(model, tokenizer, cfg: RunConfig, records: list[dict], ppl_progress=None, gen_progress=None) -> dict:
+    """Perplexity of the references + generated answers + ROUGE/BLEU, for whatever `model` is now."""
+    common = {"template": cfg.data.template, "system_prompt": cfg.data.system_prompt,
+              "batch_size": cfg.eval.batch_size}
+    ppl = scoring.answer_perplexity(model, tokenizer, records, cfg.model.max_seq_length, progress=ppl_progress,
+                                    **common)
+    answers = scoring.generate_answers(model, tokenizer, records, cfg.eval.max_new_tokens, cfg.model.max_seq_length,
+                                       progress=gen_progress, **common)
+    references = [str(r["output"]).strip() for r in records]
+    metrics = {"perplexity": ppl["perplexity"], **scoring.text_metrics(answers, references)}
+    return {"metrics": metrics, "answers": answers, "answer_tokens": ppl["answer_tokens"],
+            "per_example_nll": ppl["per_example_nll"],
+            "per_example_rougeL": [r["rougeL"] for r in scoring.rouge_per_example(answers, references)]}
+
+
+def _score_base(model, tokenizer, cfg, records, device, progress, use_cache: bool) -> tuple[dict, bool]:
+    key = base_cache_key(cfg, records, device)
+    cached = read_cached_base(key) if use_cache else None
+    if cached is not None:
+        return cached, True
+    result = score_model(model, tokenizer, cfg, records, _phase(progress, "base_ppl", "base model"),
+                         _phase(progress, "base_gen", "base model"))
+    write_cached_base(key, result)
+    return result, False
+
+
+def _load(cfg: RunConfig, device: str, progress):
+    from workbench.models import ModelNotAvailable, load_model
+
+    if progress:
+        progress(0.01, f"loading {cfg.model.name_or_path} in {'4' if cfg.model.load_in_4bit else '16'}-bit")
+    try:
+        return load_model(cfg.model, device)
+    except ModelNotAvailable as e:
+        raise EvalError(str(e)) from None
+    except Exception as e:  # a broken model folder, a bad quantization setting...
+        raise EvalError(f"The base model {cfg.model.name_or_path} could not be loaded ({type(e).__name__}: "
+                        f"{str(e)[:300]}); check model.name_or_path and model.load_in_4bit.") from e
+
+
+def _pick_device(preference: str) -> str:
+    from workbench.models import ModelNotAvailable, pick_device
+
+    try:
+        return pick_device(preference)
+    except ModelNotAvailable as e:
+        raise EvalError(str(e)) from None
+
+
+def _free() -> None:
+    """Give back memory of a model the caller has just dropped (`del model` first)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# -- a run: base vs tuned ----------------------------------------------------------------------
+
+@contextmanager
+def _eval_lock(run_dir: Path):
+    with open(run_dir / ".eval.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EvalError(f"Run '{run_dir.name}' is being evaluated already; wait for it to finish.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def evaluate_run(run_id: str, progress=None, device: str | None = None, use_cache: bool = True,
+                 eval_settings=None) -> dict:
+    """Score base vs fine-tuned on the run's held-out split; write metrics.json and predictions.jsonl.
+
+    `progress(fraction, message)` is called as it goes; `eval_settings` (an EvalSettings) replaces the
+    run's own eval section for this evaluation (the settings used are recorded in metrics.json).
+    Returns the metrics dict written. Raises EvalError (also recorded as `eval_error` in status.json)
+    when it cannot finish; then the run's previous metrics, if any, are left as they were.
+    """
+    try:
+        run_dir = runs.run_path(run_id)
+    except runs.RunError as e:
+        raise EvalError(str(e)) from None
+    with _eval_lock(run_dir):
+        runs.write_status(run_id, eval_state="running", eval_error="")
+        try:
+            metrics = _evaluate_run(run_id, run_dir, progress, device, use_cache, eval_settings)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, EvalError) else explain_failure(exc)
+            if not isinstance(exc, EvalError):
+                with (run_dir / "eval.log").open("a", encoding="utf-8") as log:
+                    log.write(f"\n[{runs.now_iso()}] " + "".join(traceback.format_exception(exc)))
+                reason += f" (the full error is in {run_dir / 'eval.log'})"
+            runs.write_status(run_id, eval_state="failed", eval_error=reason)
+            if isinstance(exc, EvalError):
+                raise
+            raise EvalError(reason) from exc
+        except BaseException:  # Ctrl+C: not a failure of the run, but no longer running either
+            runs.write_status(run_id, eval_state="interrupted")
+            raise
+        runs.write_status(run_id, eval_state="completed", eval_error="")
+    return metrics
+
+
+def explain_failure(exc: BaseException) -> str:
+    name, text = type(exc).__name__, str(exc)
+    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+        return ("Evaluation ran out of memory. Use a smaller batch or shorter answers (`python -m workbench eval "
+                "--run RUN_ID --batch-size 2 --max-new-tokens 64`), or stop other GPU work (training, the Chat "
+                "tab) first.")
+    return f"Evaluation failed with {name}: {text[:300]}"
+
+
+def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_settings) -> dict:
+    from peft import PeftModel
+
+    started = time.time()
+    cfg = runs.load_run_config(run_id)
+    if eval_settings is not None:
+        cfg.eval = eval_settings
+    adapter = runs.adapter_path(run_id)
+    if adapter is None:
+        state = runs.read_status(run_id).get("state", "unknown")
+        raise EvalError(f"Run '{run_id}' has no trained adapter yet (state: {state}); evaluate it after training "
+                        f"completes, or resume it first.")
+    records = eval_records(run_dir, cfg)
+    leak = leakage_report(run_dir, records)
+    model, tokenizer, device = _load(cfg, _pick_device(device or cfg.training.device), progress)
+    model = PeftModel.from_pretrained(model, str(adapter))  # the same base weights, adapter on top
+    model.eval()
+    with model.disable_adapter():
+        base, base_cached = _score_base(model, tokenizer, cfg, records, device, progress, use_cache)
+    tuned = score_model(model, tokenizer, cfg, records, _phase(progress, "tuned_ppl", "fine-tuned"),
+                        _phase(progress, "tuned_gen", "fine-tuned"))
+    del model
+    _free()
+    metrics = build_metrics(cfg, records, base, tuned, leak, device)
+    metrics.update(run_id=run_id, adapter=str(adapter), base_cached=base_cached,
+                   seconds=round(time.time() - started, 1))
+    write_results(run_dir, metrics, prediction_rows(records, base, tuned))
+    if progress:
+        progress(1.0, "done")
+    return metrics
+
+
+def build_metrics(cfg: RunConfig, records, base: dict, tuned: dict | None, leak: dict, device: str) -> dict:
+    out = {
+        "created_at": runs.now_iso(), "model": cfg.model.name_or_path, "eval_examples": len(records),
+        "answer_tokens": base["answer_tokens"], "device": device,
+        "settings": {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size,
+                     "decoding": "greedy", "padding": "left", "template": cfg.data.template,
+                     "max_seq_length": cfg.model.max_seq_length, "load_in_4bit": cfg.model.load_in_4bit,
+                     "perplexity": "exp(sum answer-token NLL / answer tokens), answer tokens only",
+                     "rouge": f"rouge-score F-measure, mean over examples, stemmer={scoring.ROUGE_STEMMER}, 0-1",
+                     "bleu": "sacrebleu corpus BLEU, " + ", ".join(f"{k}={v}" for k, v in
+                                                                   scoring.BLEU_SETTINGS.items()) + ", 0-1"},
+        "base": base["metrics"],
+        "leakage": leak,
+    }
+    if tuned is not None:
+        out["tuned"] = tuned["metrics"]
+        out["change_pct"] = {k: scoring.relative_change(base["metrics"][k], tuned["metrics"][k])
+                             for k in scoring.METRICS}
+    return out
+
+
+def prediction_rows(records: list[dict], base: dict, tuned: dict) -> list[dict]:
+    rows = []
+    for i, r in enumerate(records):
+        rb, rt = base["per_example_rougeL"][i], tuned["per_example_rougeL"][i]
+        rows.append({"id": r.get("id", f"e{i}"), "question": r["instruction"], "reference": r["output"],
+                     "base_answer": base["answers"][i], "tuned_answer": tuned["answers"][i],
+                     "rougeL_base": rb, "rougeL_tuned": rt, "rougeL_change": rt - rb,
+                     "nll_base": base["per_example_nll"][i], "nll_tuned": tuned["per_example_nll"][i]})
+    return rows
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results(run_dir: Path, metrics: dict, predictions: list[dict]) -> None:
+    """predictions.jsonl first, metrics.json last: metrics.json appearing means the evaluation finished."""
+    _atomic_write(run_dir / "predictions.jsonl",
+                  "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, ensure_ascii=False))
+
+
+def read_metrics(run_id: str) -> dict | None:
+    try:
+        return json.loads((runs.run_path(run_id) / "metrics.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
+        return None
+
+
+def read_predictions(run_id: str) -> list[dict]:
+    from workbench.data import read_jsonl
+
+    try:
+        return read_jsonl(runs.run_path(run_id) / "predictions.jsonl")
+    except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
+        return []
+
+
+# -- the base model alone ----------------------------------------------------------------------
+
+def evaluate_base(cfg: RunConfig, progress=None, device: str | None = None, use_cache: bool = True) -> dict:
+    """Score the base model alone on the eval split `cfg.data` produces (the split a run with it gets)."""
+    from workbench.data import DataError, leakage_message, prepare_dataset
+
+    try:
+        prepared = prepare_dataset(cfg.data)
+    except DataError as e:
+        raise EvalError(str(e)) from None
+    records = _cap(prepared.eval, cfg.eval.max_examples, f"the eval split of '{cfg.data.source}'")
+    started = time.time()
+    device = _pick_device(device or cfg.training.device)
+    base = read_cached_base(base_cache_key(cfg, records, device)) if use_cache else None
+    cached = base is not None
+    if base is None:  # load the model only when there is something to compute
+        model, tokenizer, device = _load(cfg, device, progress)
+        model.eval()
+        try:
+            base, _ = _score_base(model, tokenizer, cfg, records, device, progress, use_cache=False)
+        except Exception as exc:
+            raise EvalError(explain_failure(exc)) from exc
+        finally:
+            del model
+            _free()
+    leak = prepared.report.get("leakage", {})
+    leak = {**leak, "checked": True, "flagged": bool(leak.get("leaked_rows")), "message": leakage_message(leak)}
+    metrics = build_metrics(cfg, records, base, None, leak, device)
+    metrics.update(base_cached=cached, seconds=round(time.time() - started, 1), data_source=cfg.data.source)
+    if progress:
+        progress(1.0, "done")
+    return metrics

@@ -1,0 +1,156 @@
+"""The numbers that say whether fine-tuning helped: answer perplexity, ROUGE, BLEU, batched generation.
+
+Pure scoring functions plus the two model passes (teacher-forced loss and greedy generation).
+Orchestration, caching and the run folder live in workbench.evaluate; the exact settings are
+documented in docs/metrics.md so the numbers compare with the seed notebook's table.
+"""
+from __future__ import annotations
+
+import math
+
+from workbench.formatting import IGNORE_INDEX, tokenize_example
+
+METRICS = ("perplexity", "rouge1", "rouge2", "rougeL", "bleu")
+LOWER_IS_BETTER = {"perplexity"}
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_STEMMER = False  # rouge-score's (and HF evaluate's) default; the seed notebook's numbers use it
+BLEU_SETTINGS = {"tokenize": "13a", "smooth_method": "none", "lowercase": False}  # = HF evaluate "bleu" defaults
+
+
+def _noop(fraction: float, message: str) -> None:
+    pass
+
+
+# -- text metrics -----------------------------------------------------------------------------
+
+def rouge_per_example(predictions: list[str], references: list[str]) -> list[dict]:
+    """ROUGE-1/2/L F-measure (0-1) of each prediction against its reference."""
+    from rouge_score import rouge_scorer
+
+    _same_length(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=ROUGE_STEMMER)
+    return [{k: s.fmeasure for k, s in scorer.score(ref, pred).items()}
+            for pred, ref in zip(predictions, references)]
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict:
+    """Mean ROUGE-1/2/L F-measure over examples, 0-1 scale."""
+    rows = rouge_per_example(predictions, references)
+    if not rows:
+        return {k: 0.0 for k in ROUGE_TYPES}
+    return {k: sum(r[k] for r in rows) / len(rows) for k in ROUGE_TYPES}
+
+
+def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu, 13a tokens, 4-grams, no smoothing, one reference each), 0-1 scale."""
+    import sacrebleu
+
+    _same_length(predictions, references)
+    if not predictions:
+        return 0.0
+    return sacrebleu.corpus_bleu(predictions, [references], **BLEU_SETTINGS).score / 100.0
+
+
+def text_metrics(predictions: list[str], references: list[str]) -> dict:
+    return {**rouge(predictions, references), "bleu": bleu(predictions, references)}
+
+
+def _same_length(predictions, references) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references; score pairs.")
+
+
+def relative_change(base: float | None, tuned: float | None) -> float | None:
+    """(tuned - base) / base in percent; None when it cannot be computed (missing or zero base).
+
+    sacrebleu without smoothing returns ~1e-13 rather than 0 when no 4-gram matches: treated as zero.
+    """
+    if base is None or tuned is None or not math.isfinite(base) or not math.isfinite(tuned) or abs(base) < 1e-9:
+        return None
+    return (tuned - base) / abs(base) * 100.0
+
+
+# -- model passes -----------------------------------------------------------------------------
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), max(1, size)):
+        yield start, items[start:start + size]
+
+
+def answer_perplexity(model, tokenizer, records: list[dict], max_length: int, template: str = "chat",
+                      system_prompt: str = "", batch_size: int = 8, progress=None) -> dict:
+    """Perplexity of the reference answers given the prompt: exp(total answer NLL / answer tokens).
+
+    Token-weighted over the whole split (long answers weigh more), answer tokens only: the labels
+    come from formatting.tokenize_example, exactly the tokens training puts loss on.
+    Returns perplexity, nll_sum, answer_tokens and each example's mean NLL (None if no answer token).
+    """
+    import torch
+
+    progress = progress or _noop
+    examples = [tokenize_example(r, tokenizer, max_length, template, system_prompt) for r in records]
+    per_example: list[float | None] = []
+    nll_sum, n_tokens = 0.0, 0
+    device = next(model.parameters()).device
+    for start, batch in _batches(examples, batch_size):
+        width = max(len(e["input_ids"]) for e in batch)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch], device=device)
+        mask = torch.tensor([e["attention_mask"] + [0] * (width - len(e["input_ids"])) for e in batch], device=device)
+        labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch],
+                              device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX,
+                                                reduction="none")  # [batch, width-1], 0 where ignored
+        counts = (target != IGNORE_INDEX).sum(dim=1)
+        for row_nll, count in zip(nll.sum(dim=1).tolist(), counts.tolist()):
+            per_example.append(row_nll / count if count else None)
+            nll_sum += row_nll
+            n_tokens += count
+        progress((start + len(batch)) / max(len(examples), 1), f"perplexity {start + len(batch)}/{len(examples)}")
+    if n_tokens == 0:
+        raise ValueError("No answer tokens to score: every reference answer is empty or cut off by "
+                         "model.max_seq_length; raise max_seq_length or check the eval data.")
+    return {"perplexity": math.exp(nll_sum / n_tokens), "nll_sum": nll_sum, "answer_tokens": n_tokens,
+            "per_example_nll": per_example}
+
+
+def prompt_ids(record: dict, tokenizer, max_length: int, template: str = "chat", system_prompt: str = "") -> list:
+    """The exact prompt tokens training used for this record (same truncation, same BOS handling)."""
+    ex = tokenize_example(record, tokenizer, max_length, template, system_prompt)
+    return ex["input_ids"][:ex["prompt_tokens"]]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """EOS of the tokenizer plus whatever the model's generation config ends a turn with."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int, max_length: int,
+                     template: str = "chat", system_prompt: str = "", batch_size: int = 8,
+                     progress=None) -> list[str]:
+    """Greedy answers, generated in left-padded batches (new tokens only, special tokens removed)."""
+    import torch
+    from transformers import GenerationConfig
+
+    progress = progress or _noop
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=pad, eos_token_id=stop_token_ids(model, tokenizer))
+    device = next(model.parameters()).device
+    prompts = [prompt_ids(r, tokenizer, max_length, template, system_prompt) for r in records]
+    answers: list[str] = []
+    for start, batch in _batches(prompts, batch_size):
+        width = max(len(p) for p in batch)  # LEFT padding: every prompt ends where generation starts
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+        answers += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+        progress((start + len(batch)) / max(len(prompts), 1), f"generating {start + len(batch)}/{len(prompts)}")
+    return answers

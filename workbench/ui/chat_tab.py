@@ -1,0 +1,257 @@
+"""Chat tab: base vs fine-tuned (or run vs run) answers side by side, streaming from one 4-bit model;
+blind A/B review mode with votes stored in SQLite and the win rate shown."""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+
+import gradio as gr
+
+from workbench import chat, reviews, runs
+from workbench.formatting import user_message
+from workbench.ui import guard
+
+BASE_CHOICE = ("Base model (adapter off)", chat.BASE)
+MAX_EXAMPLES = 12
+_STOPS: dict[str, threading.Event] = {}  # browser session -> Stop event of its running generation
+
+
+# -- pure helpers (no widgets) ------------------------------------------------------------------
+
+def run_choices() -> list[tuple[str, str]]:
+    return [(r["id"] + (f" ({r['name']})" if r.get("name") else ""), r["id"]) for r in chat.chat_runs()]
+
+
+def example_questions(run_id: str | None) -> list[str]:
+    """The first held-out questions of the run (data/eval.jsonl), as the user would type them."""
+    if not run_id:
+        return []
+    try:
+        path = runs.run_path(run_id) / "data" / "eval.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    except runs.RunError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            question = user_message(json.loads(line))
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if question and question not in out:
+            out.append(question)
+        if len(out) >= MAX_EXAMPLES:
+            break
+    return out
+
+
+def tally_text(run_id: str | None, other: str | None = chat.BASE) -> str:
+    if not run_id:
+        return ""
+    try:
+        return "**Blind review so far:** " + reviews.describe(reviews.win_rate(run_id, other or chat.BASE))
+    except Exception as e:  # an unreadable vote store must not break the tab
+        return f"Blind-review results unavailable ({type(e).__name__}: {e})."
+
+
+def headers(sides, blind: bool) -> tuple[str, str]:
+    if blind:
+        return "### Left", "### Right"
+    return tuple(f"### {chat.side_label(s)}" for s in sides)
+
+
+def settings_from(system, temperature, top_p, max_new, seed) -> chat.ChatSettings:
+    try:
+        return chat.ChatSettings(system_prompt=str(system or ""), temperature=float(temperature or 0),
+                                 top_p=float(top_p if top_p is not None else 0.9),
+                                 max_new_tokens=int(max_new or 0), seed=int(seed if seed is not None else -1))
+    except (TypeError, ValueError):
+        raise gr.Error("Temperature, top-p, max new tokens and seed must be numbers.") from None
+
+
+def status_line(update: chat.PairUpdate, blind: bool) -> str:
+    parts = []
+    for name, n, first, rate in zip(("left", "right"), update.tokens, update.first_token_s, update.tokens_per_s):
+        text = f"{name}: {n} tokens"
+        if first is not None:
+            text += f", first after {first:.1f} s"
+        if rate:
+            text += f", {rate:.1f} tokens/s"
+        parts.append(text)
+    if not update.finished and not any(update.tokens):
+        return ("Preparing… (the first question loads the 4-bit model, ~10 s on a CPU; later ones start at once)"
+                + (f"\n\n{update.note}" if update.note else ""))
+    head = ("Stopped" if update.stopped else "Done") if update.finished else "Generating…"
+    tail = " — now vote below; the sides are revealed after your vote." if update.finished and blind else ""
+    return f"{head} ({'; '.join(parts)}){tail}" + (f"\n\n{update.note}" if update.note else "")
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+def _refresh(run_id, other):
+    choices = run_choices()
+    ids = [c[1] for c in choices]
+    run_id = run_id if run_id in ids else (ids[0] if ids else None)
+    other = other if other in ids or other == chat.BASE else chat.BASE
+    empty = "" if ids else ("No trained run yet: train one in the Train tab (or `python -m workbench train "
+                            "--preset quick-demo-cpu`), then press Refresh.")
+    return (gr.Dropdown(choices=choices, value=run_id), gr.Dropdown(choices=[BASE_CHOICE] + choices, value=other),
+            gr.Dataset(samples=[[q] for q in example_questions(run_id)]), tally_text(run_id, other),
+            (empty + "\n\n" if empty else "") + chat.policy_status())
+
+
+def _run_changed(run_id, other):
+    return gr.Dataset(samples=[[q] for q in example_questions(run_id)]), tally_text(run_id, other)
+
+
+def _chat(question, left_hist, right_hist, run_id, other, blind, system, temperature, top_p, max_new, seed,
+          request: gr.Request):
+    guard.require(request, "chat")
+    if not run_id:
+        raise gr.Error("Pick a fine-tuned run first (none yet? train one in the Train tab, then press Refresh).")
+    settings = settings_from(system, temperature, top_p, max_new, seed)
+    sides = (other or chat.BASE, run_id)
+    if blind:  # hide which side is which: a fresh coin flip per question, and no history to give it away
+        sides = sides[::-1] if secrets.randbelow(2) else sides
+        left_hist, right_hist = [], []
+    old = (chat.normalize_history(left_hist), chat.normalize_history(right_hist))
+    question = str(question or "").strip()
+    shown = [h + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}] for h in old]
+    key = getattr(request, "session_hash", None) or "default"
+    stop = _STOPS[key] = threading.Event()
+    heads = headers(sides, bool(blind))
+    try:
+        for update in chat.chat_pair(sides[0], sides[1], question, old, settings, stop):
+            for hist, text in zip(shown, update.texts):
+                hist[-1]["content"] = text
+            pending = None
+            if update.finished and blind:
+                pending = {"question": question, "left_side": sides[0], "right_side": sides[1], "run_id": run_id,
+                           "other": sides[0] if sides[1] == run_id else sides[1], "left_answer": update.texts[0],
+                           "right_answer": update.texts[1], "settings": chat.settings_dict(settings)}
+            yield (shown[0], shown[1], *heads, status_line(update, bool(blind)),
+                   "" if update.finished else gr.skip(), pending, "")
+    except (chat.ChatError, runs.RunError) as e:
+        raise gr.Error(str(e)) from None
+    finally:
+        if _STOPS.get(key) is stop:
+            _STOPS.pop(key, None)
+
+
+def _stop(request: gr.Request):
+    guard.require(request, "chat")
+    event = _STOPS.get(getattr(request, "session_hash", None) or "default")
+    if event is None:
+        return "Nothing is generating."
+    event.set()
+    return "Stopping…"
+
+
+def _vote(choice: str, pending, reviewer, comment, request):
+    name = guard.require(request, "vote")
+    if not pending:
+        raise gr.Error("Nothing to vote on: tick 'Blind A/B review', ask a question and wait for both answers.")
+    if pending.get("voted"):
+        raise gr.Error("You already voted on this question; ask another one.")
+    try:
+        vote_id = reviews.record_vote(name or reviewer, pending["question"], pending["left_side"],
+                                      pending["right_side"], pending["left_answer"], pending["right_answer"], choice,
+                                      comment, settings=pending["settings"], base_model=_base_model(pending))
+    except reviews.ReviewError as e:
+        raise gr.Error(str(e)) from None
+    left, right = chat.side_label(pending["left_side"]), chat.side_label(pending["right_side"])
+    reveal = (f"Vote #{vote_id} recorded: **{reviews.CHOICE_LABELS[choice]}**. Revealed: left was **{left}**, "
+              f"right was **{right}**.")
+    return ({**pending, "voted": True}, reveal, tally_text(pending["run_id"], pending["other"]), "",
+            f"### Left — {left}", f"### Right — {right}")
+
+
+def _base_model(pending) -> str:
+    try:
+        return runs.load_run_config(pending["run_id"]).model.name_or_path
+    except Exception:  # the run folder may be gone; the vote still counts
+        return ""
+
+
+def _voter(choice: str):
+    def vote(pending, reviewer, comment, request: gr.Request):
+        return _vote(choice, pending, reviewer, comment, request)
+
+    vote.__name__ = f"vote_{choice}"
+    return vote
+
+
+def _clear():
+    return [], [], None, "", "### Left", "### Right", ""
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+def build(demo: gr.Blocks) -> None:
+    gr.Markdown("Ask the **base model** and a **fine-tuned run** the same question and watch both answers "
+                "stream side by side. One 4-bit copy of the base model serves both columns: the adapter is "
+                "switched per row inside one batched generation.")
+    gr.Markdown(chat.POLICY, elem_classes=["wb-warn"])
+    with gr.Row():
+        # allow_custom_value: runs appear after the app starts; the handlers check the id themselves
+        run_pick = gr.Dropdown([], label="Fine-tuned run", elem_id="chat-run", scale=3, allow_custom_value=True)
+        other_pick = gr.Dropdown([BASE_CHOICE], value=chat.BASE, label="Compare against", elem_id="chat-other",
+                                 info="The base model, or another run on the same base model.", scale=3,
+                                 allow_custom_value=True)
+        refresh_btn = gr.Button("Refresh runs", scale=1)
+    with gr.Row():
+        blind = gr.Checkbox(False, label="Blind A/B review", elem_id="chat-blind",
+                            info="Hide which side is which (random per question); vote, then see the answer.")
+        reviewer = gr.Textbox(label="Reviewer name", elem_id="chat-reviewer",
+                              info="Recorded with your vote (your Hugging Face login is used when logged in).")
+    with gr.Accordion("Generation settings", open=False):
+        system = gr.Textbox(label="System prompt", info="Empty = the system prompt the run was trained with.")
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", info="0 = greedy (repeatable).")
+            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
+            max_new = gr.Number(256, precision=0, label="Max new tokens", info="1-4096.", elem_id="chat-max-new")
+            seed = gr.Number(42, precision=0, label="Seed", info="-1 = random.")
+    status = gr.Markdown(elem_id="chat-status")
+    with gr.Row():
+        with gr.Column():
+            left_head = gr.Markdown("### Left", elem_id="chat-left-head")
+            left_bot = gr.Chatbot(elem_id="chat-left", height=380, show_label=False)
+        with gr.Column():
+            right_head = gr.Markdown("### Right", elem_id="chat-right-head")
+            right_bot = gr.Chatbot(elem_id="chat-right", height=380, show_label=False)
+    question = gr.Textbox(label="Question", placeholder="Ask something about Databricks…", elem_id="chat-question",
+                          lines=2)
+    with gr.Row():
+        send_btn = gr.Button("Send", variant="primary", elem_id="chat-send")
+        stop_btn = gr.Button("Stop", elem_id="chat-stop")
+        clear_btn = gr.Button("Clear", elem_id="chat-clear")
+    examples = gr.Dataset(components=[question], samples=[], label="Example questions from the run's held-out split",
+                          elem_id="chat-examples")
+    with gr.Column(visible=False, elem_id="chat-vote-box") as vote_box:
+        comment = gr.Textbox(label="Comment (optional)", elem_id="chat-comment")
+        with gr.Row():
+            vote_btns = {c: gr.Button(label, elem_id=f"chat-vote-{c}") for c, label in reviews.CHOICE_LABELS.items()}
+    reveal = gr.Markdown(elem_id="chat-reveal")
+    tally = gr.Markdown(elem_id="chat-tally")
+    pending = gr.State(None)  # the answered pair awaiting a vote, with the hidden mapping (stays on the server)
+
+    chat_in = [question, left_bot, right_bot, run_pick, other_pick, blind, system, temperature, top_p, max_new, seed]
+    chat_out = [left_bot, right_bot, left_head, right_head, status, question, pending, reveal]
+    send_btn.click(_chat, chat_in, chat_out, api_name="chat", show_progress="minimal")
+    question.submit(_chat, chat_in, chat_out, api_visibility="private", show_progress="minimal")
+    stop_btn.click(_stop, None, status, api_name="stop")
+    clear_btn.click(_clear, None, [left_bot, right_bot, pending, reveal, left_head, right_head, status],
+                    api_name="clear")
+    blind.change(_clear, None, [left_bot, right_bot, pending, reveal, left_head, right_head, status],
+                 api_visibility="private").then(lambda b: gr.Column(visible=bool(b)), blind, vote_box,
+                                                api_visibility="private")
+    for choice, btn in vote_btns.items():
+        btn.click(_voter(choice), [pending, reviewer, comment], [pending, reveal, tally, comment, left_head,
+                                                                 right_head], api_name=f"vote_{choice}")
+    examples.click(lambda sample: sample[0] if isinstance(sample, (list, tuple)) else sample, examples, question,
+                   api_visibility="private")
+    run_pick.change(_run_changed, [run_pick, other_pick], [examples, tally], api_visibility="private")
+    other_pick.change(lambda r, o: tally_text(r, o), [run_pick, other_pick], tally, api_visibility="private")
+    refresh_out = [run_pick, other_pick, examples, tally, status]
+    refresh_btn.click(_refresh, [run_pick, other_pick], refresh_out, api_name="chat_refresh")
+    demo.load(_refresh, [run_pick, other_pick], refresh_out, api_visibility="private")

@@ -1,0 +1,125 @@
+"""Deploy tab: where the app runs and who you are, the Space plan from space.yaml (and deploying it), and
+publishing a run's adapter to the Hub with its model card. Pushing and deploying are admin actions."""
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from workbench import hub_export, paths, runs, space, space_deploy
+from workbench.safety import UnsafeInput, redact, safe_join
+from workbench.ui import guard
+
+
+def _config_path(text: str):
+    """space.yaml paths are relative to the app folder; nothing outside it is read."""
+    try:
+        return safe_join(paths.REPO_ROOT, (text or "space.yaml").strip())
+    except UnsafeInput as e:
+        raise gr.Error(str(e)) from None
+
+
+def _capture(fn, *args, **kwargs) -> str:
+    """Run fn with a collecting log; problems go first, so they are what the user sees."""
+    lines: list[str] = []
+    try:
+        fn(*args, log=lambda m: lines.append(str(m)), **kwargs)
+    except space.SpaceConfigError as e:
+        lines.insert(0, "space.yaml has problems:\n" + "\n".join(f"  - {m}" for m in e.messages) + "\n")
+    except (space_deploy.DeployError, hub_export.HubError, runs.RunError) as e:
+        lines.insert(0, f"error: {e}\n")
+    return redact("\n".join(lines))
+
+
+def _plan(config: str) -> str:
+    """Validate space.yaml and show the front matter, bundle and Hub calls (no network)."""
+    return _capture(space_deploy.deploy, _config_path(config), dry_run=True)
+
+
+def _deploy(config: str, request: gr.Request) -> str:
+    guard.require(request, "deploy")
+    return _capture(space_deploy.deploy, _config_path(config), wait=False)
+
+
+def _adapter_runs() -> list[str]:
+    out = []
+    for r in runs.list_runs():
+        try:
+            if runs.adapter_path(r["id"]) is not None:
+                out.append(r["id"])
+        except runs.RunError:
+            continue
+    return out
+
+
+def _card(run_id: str, repo: str) -> str:
+    if not run_id:
+        return "Pick a run with a finished adapter first."
+    try:
+        return hub_export.model_card(runs.validate_run_id(run_id), hub_export.validate_repo_id(repo or "you/adapter"))
+    except (runs.RunError, hub_export.HubError) as e:
+        return f"error: {e}"
+
+
+def _push(run_id: str, repo: str, private: bool, merged: bool, request: gr.Request) -> str:
+    guard.require(request, "push")
+    if not run_id:
+        raise gr.Error("Pick a run with a finished adapter first.")
+    lines: list[str] = []
+    try:
+        hub_export.push(run_id, repo, merged=bool(merged), private=bool(private), log=lambda m: lines.append(str(m)))
+    except (hub_export.HubError, runs.RunError) as e:
+        raise gr.Error(redact(str(e))) from None
+    return redact("\n".join(lines))
+
+
+def status_text() -> str:
+    lines = []
+    if space.on_space():
+        lines.append(f"Running on the Hugging Face Space **{os.environ.get('SPACE_ID')}**.")
+    else:
+        lines.append("Running locally (not on a Hugging Face Space).")
+    warning = space.storage_warning()
+    lines.append(f"⚠️ {warning}" if warning else f"Runs and caches are stored under `{paths.home()}`.")
+    policy = os.environ.get("WORKBENCH_POLICY")
+    lines.append(f"Access policy: `{os.path.basename(policy)}` (admins train/push, reviewers chat/vote)." if policy else
+                 "Access policy: none — everyone who can open this page may do everything (fine on localhost).")
+    return "\n\n".join(lines)
+
+
+def _refresh():
+    ids = _adapter_runs()
+    return status_text(), gr.update(choices=ids, value=ids[0] if ids else None)
+
+
+def build(demo: gr.Blocks) -> None:
+    status = gr.Markdown(status_text(), elem_id="deploy-status")
+    with gr.Accordion("Hugging Face Space (space.yaml)", open=True):
+        gr.Markdown("`space.yaml` describes the Space: hardware, privacy, sleep time, storage volume, secret names, "
+                    "who may train. **Show plan** validates it and lists the exact Hub calls without contacting "
+                    "anything; the command line does the same: `python -m workbench deploy --dry-run`.")
+        config = gr.Textbox("space.yaml", label="Manifest (relative to the app folder)", max_lines=1)
+        with gr.Row():
+            plan_btn = gr.Button("Show plan (dry run)")
+            deploy_btn = gr.Button("Deploy now", variant="stop")
+        plan_out = gr.Code(label="Plan / deploy log", language="markdown", elem_id="deploy-plan")
+    with gr.Accordion("Publish an adapter to the Hub", open=True):
+        gr.Markdown("Pushes the run's final LoRA adapter with a model card (base model, data source and licence, full "
+                    "config, metrics, training curve). CLI: `python -m workbench push --run RUN --repo you/name`.")
+        with gr.Row():
+            run_pick = gr.Dropdown([], label="Run (with a finished adapter)", allow_custom_value=True)
+            repo = gr.Textbox(label="Model repository (owner/name)", placeholder="alice/smollm2-databricks-lora")
+        with gr.Row():
+            private = gr.Checkbox(True, label="Private repository")
+            merged = gr.Checkbox(False, label="Also push a merged model (16-bit; large for 7B models)")
+        with gr.Row():
+            card_btn = gr.Button("Preview model card")
+            push_btn = gr.Button("Push to the Hub", variant="primary")
+        push_out = gr.Textbox(label="Push log", lines=4, elem_id="push-log")
+        card_out = gr.Markdown(elem_id="card-preview")
+
+    plan_btn.click(_plan, config, plan_out)
+    deploy_btn.click(_deploy, config, plan_out, concurrency_limit=1, concurrency_id="deploy")
+    card_btn.click(_card, [run_pick, repo], card_out)
+    push_btn.click(_push, [run_pick, repo, private, merged], push_out, concurrency_limit=1, concurrency_id="push")
+    demo.load(_refresh, None, [status, run_pick])

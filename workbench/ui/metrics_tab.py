@@ -1,0 +1,330 @@
+"""Metrics tab: base vs fine-tuned table and chart, loss curves, per-example answers (regressions first),
+several runs side by side, blind-review win rate, export, and a button that scores a run."""
+from __future__ import annotations
+
+import importlib
+import json
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench import evaluate, jobs, runs, scoring
+from workbench.ui import guard
+
+LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
+SUMMARY_HEADERS = ["Metric", "Base", "Fine-tuned", "Change %"]
+EXAMPLE_HEADERS = ["Question", "Reference", "Base answer", "Fine-tuned answer", "ROUGE-L base", "ROUGE-L tuned",
+                   "ROUGE-L change"]
+ORDERS = ["Regressions first", "Improvements first", "Original order"]
+EMPTY = ("<div class='wb-empty' id='metrics-empty'>No run has metrics yet. Train a run in the <b>Train</b> tab "
+         "(it is scored automatically when training ends if <code>eval.run_after_training</code> is on), or pick a "
+         "completed run above and press <b>Evaluate</b>, or run <code>python -m workbench eval --run RUN_ID</code>."
+         "</div>")
+
+
+# -- what to show (plain data; no widgets) ----------------------------------------------------
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if key == "perplexity" else f"{value:.4f}"
+
+
+def _change_text(key: str, pct) -> str:
+    if pct is None:
+        return "—"
+    better = pct < 0 if key in scoring.LOWER_IS_BETTER else pct > 0
+    return f"{pct:+.1f}% " + ("(better)" if better else "(worse)" if pct else "")
+
+
+def win_rate_row(run_id: str) -> list:
+    """The blind-review row, read through workbench.reviews.win_rate (the Chat tab's votes)."""
+    label = "Blind-review win rate"
+    try:
+        reviews = importlib.import_module("workbench.reviews")
+    except ModuleNotFoundError:
+        return [label, "—", "—", "no review votes store in this version"]
+    try:
+        result = reviews.win_rate(run_id)
+    except Exception as e:  # the vote store may be unreadable; the metrics still show
+        return [label, "—", "—", f"unavailable ({type(e).__name__}: {str(e)[:80]})"]
+    rate = result.get("win_rate") if isinstance(result, dict) else result
+    if rate is None:
+        return [label, "—", "—", "no votes yet (blind review in the Chat tab)"]
+    note = ""
+    if isinstance(result, dict):
+        note = f"{result.get('rated', result.get('n', '?'))} rated votes"
+        if result.get("ci_low") is not None:
+            note += f", 95% CI {result['ci_low']:.0%}–{result['ci_high']:.0%}"
+    return [label, f"{1 - rate:.0%}", f"{rate:.0%}", note]
+
+
+def summary_table(metrics: dict | None, run_id: str = "") -> pd.DataFrame:
+    if not metrics:
+        return pd.DataFrame(columns=SUMMARY_HEADERS)
+    base, tuned, change = metrics["base"], metrics.get("tuned", {}), metrics.get("change_pct", {})
+    rows = [[label, _fmt(k, base.get(k)), _fmt(k, tuned.get(k)), _change_text(k, change.get(k))]
+            for k, label in LABELS.items()]
+    if run_id:
+        rows.append(win_rate_row(run_id))
+    return pd.DataFrame(rows, columns=SUMMARY_HEADERS)
+
+
+def metrics_chart(metrics: dict | None) -> go.Figure:
+    """Grouped bars base vs fine-tuned; perplexity on its own axis (another scale, lower is better)."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25],
+                        subplot_titles=("ROUGE / BLEU (0-1, higher is better)", "Perplexity (lower = better)"))
+    if metrics:
+        text_keys = [k for k in LABELS if k != "perplexity"]
+        for side, color in (("base", "#94a3b8"), ("tuned", "#2563eb")):
+            values = metrics.get(side) or {}
+            name = "Base" if side == "base" else "Fine-tuned"
+            fig.add_trace(go.Bar(x=[LABELS[k] for k in text_keys], y=[values.get(k) for k in text_keys], name=name,
+                                 marker_color=color, legendgroup=side), 1, 1)
+            fig.add_trace(go.Bar(x=["Perplexity"], y=[values.get("perplexity")], name=name, marker_color=color,
+                                 legendgroup=side, showlegend=False), 1, 2)
+    fig.update_layout(barmode="group", height=330, margin={"t": 40, "b": 30, "l": 40, "r": 10},
+                      legend={"orientation": "h"})
+    return fig
+
+
+def loss_chart(events: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    train = [e for e in events if "loss" in e]
+    evals = [e for e in events if "eval_loss" in e]
+    fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name="training loss",
+                             mode="lines+markers"))
+    if evals:
+        fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], name="eval loss",
+                                 mode="lines+markers", line={"dash": "dash"}))
+    fig.update_layout(title="Loss during training", xaxis_title="step", height=330,
+                      margin={"t": 40, "b": 30, "l": 40, "r": 10}, legend={"orientation": "h"})
+    return fig
+
+
+def examples_table(predictions: list[dict], query: str = "", order: str = ORDERS[0]) -> pd.DataFrame:
+    """Per-example answers, filtered by `query` (any text column) and ordered by the ROUGE-L change."""
+    rows = predictions
+    q = (query or "").strip().lower()
+    if q:
+        rows = [p for p in rows if any(q in str(p.get(k, "")).lower()
+                                       for k in ("question", "reference", "base_answer", "tuned_answer"))]
+    if order == ORDERS[0]:
+        rows = sorted(rows, key=lambda p: p.get("rougeL_change", 0.0))
+    elif order == ORDERS[1]:
+        rows = sorted(rows, key=lambda p: -p.get("rougeL_change", 0.0))
+    data = [[p.get("question", ""), p.get("reference", ""), p.get("base_answer", ""), p.get("tuned_answer", ""),
+             round(p.get("rougeL_base", 0.0), 3), round(p.get("rougeL_tuned", 0.0), 3),
+             round(p.get("rougeL_change", 0.0), 3)] for p in rows]
+    return pd.DataFrame(data, columns=EXAMPLE_HEADERS)
+
+
+def compare_table(run_ids: list[str]) -> pd.DataFrame:
+    """One row per run: tuned scores, base perplexity and the change, so several runs read side by side."""
+    cols = ["Run", "Examples", "PPL base", "PPL tuned", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU", "PPL change %",
+            "Leakage"]
+    rows = []
+    for run_id in run_ids or []:
+        m = evaluate.read_metrics(run_id)
+        if not m or "tuned" not in m:
+            continue
+        t, change = m["tuned"], m.get("change_pct", {})
+        pct = change.get("perplexity")
+        rows.append([run_id, m.get("eval_examples"), _fmt("perplexity", m["base"]["perplexity"]),
+                     _fmt("perplexity", t["perplexity"]), *(_fmt(k, t.get(k)) for k in ("rouge1", "rouge2",
+                                                                                         "rougeL", "bleu")),
+                     f"{pct:+.1f}" if pct is not None else "—",
+                     "YES" if (m.get("leakage") or {}).get("flagged") else "no"])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def compare_chart(run_ids: list[str]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25],
+                        subplot_titles=("Fine-tuned ROUGE / BLEU", "Fine-tuned perplexity"))
+    for run_id in run_ids or []:
+        m = evaluate.read_metrics(run_id)
+        if not m or "tuned" not in m:
+            continue
+        keys = [k for k in LABELS if k != "perplexity"]
+        fig.add_trace(go.Bar(x=[LABELS[k] for k in keys], y=[m["tuned"].get(k) for k in keys], name=run_id[-28:],
+                             legendgroup=run_id), 1, 1)
+        fig.add_trace(go.Bar(x=["Perplexity"], y=[m["tuned"]["perplexity"]], name=run_id[-28:], legendgroup=run_id,
+                             showlegend=False), 1, 2)
+    fig.update_layout(barmode="group", height=320, margin={"t": 40, "b": 30, "l": 40, "r": 10},
+                      legend={"orientation": "h"})
+    return fig
+
+
+def notice_html(run_id: str | None, metrics: dict | None) -> str:
+    """Leakage (loud), a failed evaluation's reason, or the empty state."""
+    if not run_id:
+        return EMPTY
+    status = runs.read_status(run_id)
+    parts = []
+    if status.get("eval_error"):
+        parts.append(f"<div class='wb-error' id='metrics-eval-error'><b>The last evaluation failed:</b> "
+                     f"{status['eval_error']}</div>")
+    if not metrics:
+        parts.append(EMPTY if not any(evaluate.read_metrics(r["id"]) for r in runs.list_runs()) else
+                     f"<div class='wb-empty' id='metrics-empty'>Run {run_id} has no metrics yet"
+                     f"{' (state: ' + status.get('state', '?') + ')' if status.get('state') else ''}: press "
+                     f"<b>Evaluate</b> once it has completed.</div>")
+        return "".join(parts)
+    leak = metrics.get("leakage") or {}
+    if leak.get("flagged"):
+        parts.append(f"<div class='wb-error' id='metrics-leakage' style='font-size:1.15em'><b>⚠ {leak['message']}"
+                     f"</b></div>")
+    cached = " Base-model results came from the cache." if metrics.get("base_cached") else ""
+    parts.append(f"<div id='metrics-info'>{metrics['eval_examples']} held-out questions · "
+                 f"{metrics['answer_tokens']} reference answer tokens · {metrics.get('model', '')} · scored "
+                 f"{metrics.get('created_at', '')} on {metrics.get('device', '?')} in {metrics.get('seconds', '?')} s."
+                 f"{cached}</div>")
+    return "".join(parts)
+
+
+def run_choices() -> tuple[list[tuple[str, str]], str | None]:
+    """(label, run id) for every run, scored ones marked; default: the newest scored run, else the newest."""
+    listed = runs.list_runs()
+    scored = {r["id"] for r in listed if (paths_metrics(r["id"])).is_file()}
+    choices = [(f"{r['id']} · {r['state']}{' · scored' if r['id'] in scored else ''}", r["id"]) for r in listed]
+    default = next((r["id"] for r in listed if r["id"] in scored), listed[0]["id"] if listed else None)
+    return choices, default
+
+
+def paths_metrics(run_id: str) -> Path:
+    return runs.run_path(run_id, must_exist=False) / "metrics.json"
+
+
+def export_files(run_id: str, fmt: str) -> list[str]:
+    """metrics and predictions of a run as CSV or JSON files in a fresh temporary folder."""
+    metrics = evaluate.read_metrics(run_id)
+    if not metrics:
+        raise ValueError(f"Run {run_id} has no metrics to export; evaluate it first.")
+    predictions = evaluate.read_predictions(run_id)
+    out = Path(tempfile.mkdtemp(prefix="wb-metrics-"))
+    stem = f"{run_id}"
+    if fmt == "CSV":
+        rows = [{"metric": LABELS[k], "base": metrics["base"].get(k), "fine_tuned": metrics.get("tuned", {}).get(k),
+                 "change_pct": metrics.get("change_pct", {}).get(k)} for k in LABELS]
+        pd.DataFrame(rows).to_csv(out / f"{stem}-metrics.csv", index=False)
+        pd.DataFrame(predictions).to_csv(out / f"{stem}-predictions.csv", index=False)
+        names = [f"{stem}-metrics.csv", f"{stem}-predictions.csv"]
+    else:
+        (out / f"{stem}-metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
+        (out / f"{stem}-predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
+        names = [f"{stem}-metrics.json", f"{stem}-predictions.json"]
+    return [str(out / n) for n in names]
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+def _render(run_id, query, order):
+    metrics = evaluate.read_metrics(run_id) if run_id else None
+    predictions = evaluate.read_predictions(run_id) if metrics else []
+    events = runs.read_events(run_id) if run_id else []
+    return (notice_html(run_id, metrics), summary_table(metrics, run_id or ""), metrics_chart(metrics),
+            loss_chart(events), examples_table(predictions, query, order))
+
+
+def _refresh(selected):
+    choices, default = run_choices()
+    ids = [c[1] for c in choices]
+    value = selected if selected in ids else default
+    scored = [i for i in ids if paths_metrics(i).is_file()]
+    return gr.update(choices=choices, value=value), gr.update(choices=scored)
+
+
+def _signature(run_id) -> str:
+    """Cheap 'did anything change?' key for the timer: run ids and metrics file times."""
+    parts = []
+    for r in runs.list_runs():
+        p = paths_metrics(r["id"])
+        parts.append(f"{r['id']}:{r['state']}:{p.stat().st_mtime if p.is_file() else 0}")
+    return f"{run_id}|" + ",".join(parts)
+
+
+def _poll(run_id, query, order, seen):
+    key = _signature(run_id)
+    if key == seen:
+        return (gr.skip(),) * 8
+    pick, compare = _refresh(run_id)
+    return (key, pick, compare, *_render(run_id, query, order))
+
+
+def _evaluate(run_id, request: gr.Request, progress=gr.Progress()):
+    guard.require(request, "eval")
+    if not run_id:
+        raise gr.Error("Pick a run first (the runs list is above).")
+    busy = jobs.active_run()
+    if busy:
+        raise gr.Error(f"Run '{busy}' is training now; scoring would compete with it for the GPU. Wait until it "
+                       f"finishes (it is scored automatically at the end when eval.run_after_training is on).")
+    try:
+        metrics = evaluate.evaluate_run(run_id, progress=lambda f, m: progress(f, desc=m))
+    except evaluate.EvalError as e:
+        raise gr.Error(str(e)) from None
+    gr.Info(f"Scored {run_id}: perplexity {metrics['base']['perplexity']:.2f} → {metrics['tuned']['perplexity']:.2f}")
+    return run_id
+
+
+def _export(run_id, fmt, request: gr.Request):
+    guard.require(request, "export")
+    if not run_id:
+        raise gr.Error("Pick a run with metrics first.")
+    try:
+        return export_files(run_id, fmt)
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+
+
+def build(demo: gr.Blocks) -> None:
+    gr.Markdown("Base model vs fine-tuned on the run's **held-out** questions: perplexity of the reference answers "
+                "(lower is better) and ROUGE/BLEU of generated answers (0-1, higher is better). "
+                "See docs/metrics.md for exactly how each number is computed.")
+    with gr.Row():
+        run_pick = gr.Dropdown([], label="Run", elem_id="metrics-run", scale=4)
+        refresh_btn = gr.Button("Refresh", scale=1)
+        eval_btn = gr.Button("Evaluate", variant="primary", elem_id="metrics-evaluate", scale=1)
+    notice = gr.HTML(EMPTY, elem_id="metrics-notice")
+    summary = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="metrics-summary",
+                           label="Base vs fine-tuned")
+    with gr.Row():
+        chart = gr.Plot(label="Scores", elem_id="metrics-chart")
+        losses = gr.Plot(label="Loss curves", elem_id="metrics-loss")
+    gr.Markdown("### Per-example answers\nSorted by the change in ROUGE-L, regressions first; click a column "
+                "header to sort by it.")
+    with gr.Row():
+        search = gr.Textbox(label="Search questions, references and answers", elem_id="metrics-search", scale=3)
+        order = gr.Dropdown(ORDERS, value=ORDERS[0], label="Order", scale=1)
+    examples = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=600,
+                            column_widths=["17%", "21%", "21%", "21%", "6%", "6%", "8%"],
+                            elem_id="metrics-examples", label="Per-example")
+    with gr.Accordion("Compare runs side by side", open=False):
+        compare = gr.Dropdown([], multiselect=True, label="Scored runs", elem_id="metrics-compare")
+        compare_df = gr.Dataframe(interactive=False, elem_id="metrics-compare-table")
+        compare_plot = gr.Plot()
+    with gr.Accordion("Export", open=False):
+        with gr.Row():
+            fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Format")
+            export_btn = gr.Button("Export metrics and predictions")
+        files = gr.File(file_count="multiple", label="Download", elem_id="metrics-export")
+    seen = gr.State("")
+    timer = gr.Timer(5.0)
+
+    view_out = [notice, summary, chart, losses, examples]
+    run_pick.change(_render, [run_pick, search, order], view_out)
+    search.submit(lambda p, q, o: examples_table(evaluate.read_predictions(p) if p else [], q, o),
+                  [run_pick, search, order], examples)
+    order.change(lambda p, q, o: examples_table(evaluate.read_predictions(p) if p else [], q, o),
+                 [run_pick, search, order], examples)
+    compare.change(lambda ids: (compare_table(ids), compare_chart(ids)), compare, [compare_df, compare_plot])
+    refresh_btn.click(_refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
+    eval_btn.click(_evaluate, run_pick, run_pick, concurrency_limit=1, concurrency_id="metrics-eval").then(
+        _refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
+    export_btn.click(_export, [run_pick, fmt], files)
+    timer.tick(_poll, [run_pick, search, order, seen], [seen, run_pick, compare, *view_out])
+    demo.load(_refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
