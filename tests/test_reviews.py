@@ -57,7 +57,8 @@ def test_the_metrics_tab_reads_the_win_rate():
     vote("right")
     vote("left")
     label, base, tuned, votes = win_rate_row(RUN)
-    assert (base, tuned, votes) == ("33%", "67%", "3 votes")
+    low, high = reviews.wilson_interval(2, 3)
+    assert (base, tuned, votes) == ("33%", "67%", f"3 rated votes, 95% CI {low:.0%}–{high:.0%}")
 
 
 @pytest.mark.parametrize("kwargs,message", [

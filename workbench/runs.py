@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workbench import paths
+from workbench import paths, safety
 from workbench.config import RunConfig
 
 ACTIVE_STATES = ("queued", "running", "stopping")
@@ -127,14 +127,14 @@ def change_marker(run_id: str) -> str:
 
 
 def log_tail(run_id: str, chars: int = 4000) -> str:
-    """The end of train.log without reading the whole file (tqdm makes it long)."""
+    """The end of train.log without reading the whole file (tqdm makes it long), secrets hidden."""
     path = run_path(run_id) / "train.log"
     if not path.is_file():
         return ""
     with path.open("rb") as fh:
         fh.seek(max(0, path.stat().st_size - chars * 2))
         text = fh.read().decode("utf-8", errors="replace")
-    return text[-chars:]
+    return safety.redact(text[-chars:])
 
 
 def append_event(run_dir: Path, event: dict) -> None:

@@ -15,6 +15,7 @@ from workbench import jobs, runs
 from workbench.config import RunConfig
 from workbench.events import RunCallback
 from workbench.failures import StopRequested, explain
+from workbench.safety import redact
 
 
 def build_model(cfg: RunConfig, device: str):
@@ -123,9 +124,9 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
             runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(), reason=str(exc))
             return "stopped"
         with (run_dir / "train.log").open("a") as log:
-            log.write("\n" + "".join(traceback.format_exception(exc)))
-        runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=explain(exc, cfg),
-                          error=f"{type(exc).__name__}: {str(exc)[:500]}")
+            log.write("\n" + redact("".join(traceback.format_exception(exc))))
+        runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=redact(explain(exc, cfg)),
+                          error=redact(f"{type(exc).__name__}: {str(exc)[:500]}"))
         if isinstance(exc, KeyboardInterrupt):
             raise
         return "failed"

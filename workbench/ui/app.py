@@ -5,6 +5,7 @@ import importlib
 
 import gradio as gr
 
+from workbench import runs
 from workbench.ui import guard
 
 TABS = [("Data", "data_tab"), ("Train", "train_tab"), ("Metrics", "metrics_tab"), ("Chat", "chat_tab"),
@@ -19,11 +20,7 @@ CSS = """
 
 def startup() -> None:
     """Work done once when the app starts (e.g. reconcile run folders whose process is gone)."""
-    try:
-        from workbench.runs import reconcile
-    except ImportError:
-        return
-    reconcile()
+    runs.reconcile()
 
 
 def build_app() -> gr.Blocks:
@@ -33,12 +30,7 @@ def build_app() -> gr.Blocks:
                     "measure it, and compare it with the base model.")
         guard.header(demo)  # login button on a Space, who-am-I, no-volume warning
         for label, module in TABS:
-            try:
-                tab = importlib.import_module(f"workbench.ui.{module}")
-            except ModuleNotFoundError as e:
-                if e.name != f"workbench.ui.{module}":
-                    raise
-                continue
+            tab = importlib.import_module(f"workbench.ui.{module}")
             with gr.Tab(label, id=module):
                 tab.build(demo)
         guard.gate_views(demo)  # space.yaml `visitors: none`: callers without a role get no data

@@ -2,7 +2,6 @@
 several runs side by side, blind-review win rate, export, and a button that scores a run."""
 from __future__ import annotations
 
-import importlib
 import json
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench import evaluate, jobs, runs, scoring
+from workbench import evaluate, jobs, reviews, runs, scoring
 from workbench.ui import guard
 
 LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
@@ -42,24 +41,16 @@ def _change_text(key: str, pct) -> str:
 
 
 def win_rate_row(run_id: str) -> list:
-    """The blind-review row, read through workbench.reviews.win_rate (the Chat tab's votes)."""
+    """The blind-review row: the Chat tab's votes for this run (tuned vs base), with a 95% Wilson interval."""
     label = "Blind-review win rate"
     try:
-        reviews = importlib.import_module("workbench.reviews")
-    except ModuleNotFoundError:
-        return [label, "—", "—", "no review votes store in this version"]
-    try:
         result = reviews.win_rate(run_id)
-    except Exception as e:  # the vote store may be unreadable; the metrics still show
+    except Exception as e:  # noqa: BLE001 - an unreadable vote store must not hide the metrics
         return [label, "—", "—", f"unavailable ({type(e).__name__}: {str(e)[:80]})"]
-    rate = result.get("win_rate") if isinstance(result, dict) else result
+    rate = result["win_rate"]
     if rate is None:
         return [label, "—", "—", "no votes yet (blind review in the Chat tab)"]
-    note = ""
-    if isinstance(result, dict):
-        note = f"{result.get('rated', result.get('n', '?'))} rated votes"
-        if result.get("ci_low") is not None:
-            note += f", 95% CI {result['ci_low']:.0%}–{result['ci_high']:.0%}"
+    note = f"{result['rated']} rated votes, 95% CI {result['ci_low']:.0%}–{result['ci_high']:.0%}"
     return [label, f"{1 - rate:.0%}", f"{rate:.0%}", note]
 
 

@@ -9,13 +9,19 @@ import yaml
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench import estimate, jobs, runs
+from workbench import estimate, jobs, runs, space
 from workbench import events as events_mod
 from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, coerce, iter_fields, preset
 from workbench.data import DataError
 from workbench.ui import guard
 
 MODEL_CHOICES = [EMBEDDED_MODEL, MISTRAL_7B]
+
+
+def _model_choices() -> list[str]:
+    """The embedded model and Mistral-7B, plus the deployment's default model when it is another one."""
+    default = space.default_model()
+    return MODEL_CHOICES + ([default] if default not in MODEL_CHOICES else [])
 # Settings shown elsewhere on the tab (model picker, preset) are not repeated in the form.
 FORM_SKIP = {"model.name_or_path", "preset"}
 FORM_FIELDS = [(n, f) for n, f, _ in iter_fields() if n not in FORM_SKIP]  # one order for widgets and values
@@ -79,6 +85,7 @@ def _start(request: gr.Request, model, preset_name, *values):
     guard.require(request, "train")
     try:
         cfg = config_from_form(model, preset_name, values)
+        _free_chat_memory()
         run_id = jobs.start_run(cfg)
     except ConfigError as e:
         raise gr.Error(" ".join(e.messages)) from None
@@ -86,6 +93,13 @@ def _start(request: gr.Request, model, preset_name, *values):
         raise gr.Error(str(e)) from None
     gr.Info(f"Started run {run_id}")
     return _history(run_id)
+
+
+def _free_chat_memory() -> None:
+    """A run about to start gets the memory the Chat tab holds (the stated GPU policy: training first)."""
+    from workbench import chat
+
+    chat.release()
 
 
 def _stop(run_id, request: gr.Request):
@@ -104,6 +118,7 @@ def _resume(run_id, request: gr.Request):
     if not run_id:
         raise gr.Error("Pick a run first.")
     try:
+        _free_chat_memory()
         jobs.resume_run(run_id)
     except (jobs.JobError, runs.RunError) as e:
         raise gr.Error(str(e)) from None
@@ -193,7 +208,7 @@ def build(demo: gr.Blocks) -> None:
                 "It keeps running if you close or refresh this page. **One training run at a time**: Start is "
                 "refused while another run trains.")
     with gr.Row():
-        model = gr.Dropdown(MODEL_CHOICES, value=EMBEDDED_MODEL, allow_custom_value=True, label="Base model",
+        model = gr.Dropdown(_model_choices(), value=space.default_model(), allow_custom_value=True, label="Base model",
                             info="The embedded SmolLM2-135M runs offline on a CPU; Mistral-7B needs a GPU; or type "
                                  "any Hugging Face model id or a local model folder.")
         preset_pick = gr.Dropdown(list(PRESETS), value="quick-demo-cpu", label="Preset",
