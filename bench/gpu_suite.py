@@ -4,6 +4,7 @@ speed and memory do not depend on weight values).
   python bench/gpu_suite.py train      # the seed recipe through workbench.train, vs a baseline that upcasts with
                                        # peft's prepare_model_for_kbit_training (same run, same data)
   python bench/gpu_suite.py generate   # plain 4-bit generate: base, with adapter, mixed base+adapter batch
+  python bench/gpu_suite.py scale      # 2+ GPUs: the seed recipe with one process per GPU vs one process
   python bench/gpu_suite.py small      # a SmolLM2-135M-shaped model: step speed with/without checkpointing, profile
 
 Prints one JSON object per measurement. Needs CUDA.
@@ -78,7 +79,7 @@ def build_random_mistral() -> Path:
     return MODEL_DIR
 
 
-def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: bool = True) -> dict:
+def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: bool = True, processes: int = 1) -> dict:
     import torch
 
     from workbench import runs, train
@@ -93,6 +94,7 @@ def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: boo
     cfg.training.logging_steps = 1
     cfg.training.optimizer = "paged_adamw_8bit" if small else "adamw_torch"
     cfg.training.gradient_checkpointing = checkpointing
+    cfg.training.num_processes = processes
     cfg.eval.run_after_training = False
     cfg.training.eval_steps = 10_000
     run_id = runs.create_run(cfg)
@@ -111,12 +113,16 @@ def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: boo
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     try:
-        state = train.run_training(runs.run_path(run_id))
+        if processes > 1:  # the supervisor path: accelerate launch, one rank per GPU
+            train.main(runs.run_path(run_id), resume=False)
+            state = runs.read_status(run_id).get("state")
+        else:
+            state = train.run_training(runs.run_path(run_id))
     finally:
         train.build_model = original
     events = [e for e in runs.read_events(run_id) if "loss" in e]
     rates = [e["tokens_per_s"] for e in events[2:]]  # skip warm-up steps
-    result = {"bench": "train", "model": MODEL_DIR.name, "gradient_checkpointing": checkpointing, "variant": "prepare_model_for_kbit_training (fp32 upcast)" if upcast else
+    result = {"bench": "train", "model": MODEL_DIR.name, "gradient_checkpointing": checkpointing, "processes": processes, "variant": "prepare_model_for_kbit_training (fp32 upcast)" if upcast else
               "workbench recipe (bf16 kept)", "state": state, "steps": len(events),
               "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
               "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -178,6 +184,15 @@ def main() -> None:
     if what == "small":
         return profile_small(steps)
     build_random_mistral()
+    if what == "scale":  # needs 2+ GPUs (nvidia-h200-x2): tokens/s of N processes vs 1, same recipe and data
+        gpus = torch.cuda.device_count()
+        one = train_once(upcast=False, steps=steps)
+        many = train_once(upcast=False, steps=steps, processes=gpus)
+        if one["tokens_per_s"] and many["tokens_per_s"]:
+            print(json.dumps({"bench": "scale", "gpus": gpus, "speedup": round(many["tokens_per_s"] /
+                                                                               one["tokens_per_s"], 2),
+                              "efficiency": round(many["tokens_per_s"] / one["tokens_per_s"] / gpus, 2)}))
+        return
     if what == "train":
         # Each variant runs twice, interleaved, so warm-up and ordering effects show up instead of hiding.
         results = {True: [], False: []}

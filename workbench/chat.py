@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from workbench import estimate, jobs, runs
+from workbench import estimate, jobs, models, runs
 from workbench.chat_stream import PEFT_BASE, ChatError, ChatSettings, PairUpdate, stream_pair  # noqa: F401
 from workbench.config import ModelConfig
 from workbench.formatting import prompt_text
@@ -71,22 +71,13 @@ def release() -> int:
 
 
 def _release_locked() -> int:
-    import gc
-
     dropped = list(_HELD)
     for k in dropped:
         held = _HELD.pop(k)
         with held.lock:  # wait for a running generation to finish first
             held.model = None
     if dropped:
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        models.free_memory()
     return len(dropped)
 
 

@@ -128,7 +128,10 @@ class TrainingConfig:
     save_every_minutes: float = _f(30.0, "Also save a checkpoint at least this often, so a crash loses little (0 = off).")
     seed: int = _f(42, "Random seed for the adapter's starting weights and data order.")
     device: str = _f("auto", "Where to train: 'auto' picks the GPU when there is one.", choices=("auto", "cuda", "cpu"))
-    num_gpus: int = _f(1, "How many GPUs to use (more than 1 starts one process per GPU).")
+    num_processes: int = _f(
+        1, "Training processes, one per GPU: 1 = a single process; 0 = one per visible GPU; 2 or more = that many "
+        "(through accelerate, gradients averaged across them; batch size is per process). On a CPU, several "
+        "processes only test the multi-process path: they share the same cores.")
 
 
 @dataclass
@@ -216,7 +219,6 @@ def _build(cls, data: dict, prefix: str):
         raise ConfigError([f"Unknown setting(s) {names}; valid ones in this section: {', '.join(known)}."])
     kwargs = {}
     for name, value in data.items():
-        f = known[name]
         if cls is RunConfig and name in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError([f"'{prefix}{name}' must be a section (a mapping), not {type(value).__name__}."])
@@ -305,7 +307,8 @@ def validate(cfg: RunConfig) -> list[str]:
         (tr.eval_steps >= 0, "training.eval_steps cannot be negative; 0 means once per epoch."),
         (tr.save_strategy != "steps" or tr.save_steps > 0, "training.save_steps must be above 0 when save_strategy is 'steps'."),
         (tr.save_every_minutes >= 0, "training.save_every_minutes cannot be negative; 0 turns it off."),
-        (tr.num_gpus >= 1, "training.num_gpus must be at least 1."),
+        (0 <= tr.num_processes <= 64, f"training.num_processes {tr.num_processes} is out of range; 1 = one process, "
+                                      f"0 = one per GPU."),
         (0 < d.eval_fraction < 0.9, f"data.eval_fraction {d.eval_fraction} must be between 0 and 0.9; 0.1 keeps 10% aside."),
         (d.max_train_examples >= 0 and d.max_eval_examples >= 0, "data.max_*_examples cannot be negative; 0 means all."),
         (ev.max_new_tokens >= 1, "eval.max_new_tokens must be at least 1; 128 is a good start."),

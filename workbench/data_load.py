@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from workbench import paths
+from workbench import paths, safety
 
 SUPPORTED = ".csv, .tsv, .parquet, .json, .jsonl, or a saved Hugging Face dataset folder"
 DBDEMOS_FILES = ("training_dataset_question.parquet", "training_dataset_answer.parquet")
@@ -24,12 +23,11 @@ class DataError(ValueError):
 
 
 def max_file_mb() -> float:
-    """Largest file accepted (WORKBENCH_MAX_UPLOAD_MB, default 100)."""
-    raw = os.environ.get("WORKBENCH_MAX_UPLOAD_MB", "100")
+    """Largest file accepted: the upload limit (WORKBENCH_MAX_UPLOAD_MB, default 100)."""
     try:
-        return float(raw)
-    except ValueError:
-        raise DataError(f"WORKBENCH_MAX_UPLOAD_MB={raw!r} is not a number; set it to e.g. 100.") from None
+        return safety.max_upload_mb()
+    except safety.UnsafeInput as e:
+        raise DataError(str(e)) from None
 
 
 def load_table(source: str | Path) -> pd.DataFrame:

@@ -8,7 +8,6 @@ unless the whole evaluation succeeded.
 from __future__ import annotations
 
 import fcntl
-import gc
 import hashlib
 import json
 import os
@@ -17,7 +16,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from workbench import paths, runs, scoring
+from workbench import models, paths, runs, scoring
 from workbench.config import RunConfig
 
 CACHE_VERSION = 1  # bump when scoring changes so old cached base results are not reused
@@ -164,18 +163,6 @@ def _pick_device(preference: str) -> str:
         raise EvalError(str(e)) from None
 
 
-def _free() -> None:
-    """Give back memory of a model the caller has just dropped (`del model` first)."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
-
-
 # -- a run: base vs tuned ----------------------------------------------------------------------
 
 @contextmanager
@@ -256,7 +243,7 @@ def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_
     tuned = score_model(model, tokenizer, cfg, records, _phase(progress, "tuned_ppl", "fine-tuned"),
                         _phase(progress, "tuned_gen", "fine-tuned"))
     del model
-    _free()
+    models.free_memory()
     metrics = build_metrics(cfg, records, base, tuned, leak, device)
     metrics.update(run_id=run_id, adapter=str(adapter), base_cached=base_cached,
                    seconds=round(time.time() - started, 1))
@@ -352,7 +339,7 @@ def evaluate_base(cfg: RunConfig, progress=None, device: str | None = None, use_
             raise EvalError(explain_failure(exc)) from exc
         finally:
             del model
-            _free()
+            models.free_memory()
     leak = prepared.report.get("leakage", {})
     leak = {**leak, "checked": True, "flagged": bool(leak.get("leaked_rows")), "message": leakage_message(leak)}
     metrics = build_metrics(cfg, records, base, None, leak, device)

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from workbench import runs
+from workbench import distributed, runs
 from workbench.config import RunConfig
 from workbench.failures import NonFiniteLoss
 
@@ -143,9 +143,12 @@ class RunCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         minutes = self.cfg.training.save_every_minutes
-        if minutes and time.time() - self.last_save > minutes * 60:
+        timed_save = bool(minutes) and time.time() - self.last_save > minutes * 60
+        # With several processes every rank must take the same decision at the same step, or one waits forever.
+        timed_save, stop = distributed.agree(timed_save, (self.run_dir / "STOP").exists())
+        if timed_save:
             control.should_save = True
-        if (self.run_dir / "STOP").exists():
+        if stop:
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True

@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -133,8 +134,21 @@ def _spawn(run_id: str, resume: bool) -> int:
     return proc.pid
 
 
+def _busy_run(grace_s: float = 20.0) -> str | None:
+    """The run holding the slot. A run that has already recorded its end (stopped, completed, failed) but whose
+    process is still exiting (saving, joining its worker processes) gets a few seconds to let go. Call it
+    outside _slot_lock(): the exiting process takes that lock to release the slot."""
+    deadline = time.time() + grace_s
+    busy = active_run()
+    while busy and runs.read_status(busy).get("state") not in runs.ACTIVE_STATES and time.time() < deadline:
+        time.sleep(0.25)
+        busy = active_run()
+    return busy
+
+
 def start_run(cfg: RunConfig) -> str:
     """Create a run folder and start its training process; refuse while another run trains."""
+    _busy_run()
     with _slot_lock():
         busy = active_run()
         if busy:
@@ -149,6 +163,7 @@ def start_run(cfg: RunConfig) -> str:
 def resume_run(run_id: str) -> str:
     """Continue a stopped, interrupted or failed run from its last checkpoint."""
     runs.reconcile()
+    _busy_run()
     with _slot_lock():
         busy = active_run()
         if busy:

@@ -183,6 +183,19 @@ def load_model(model_cfg: ModelConfig, device: str = "auto", progress=None):
     dtype = compute_dtype(model_cfg, device)
     model = AutoModelForCausalLM.from_pretrained(
         path, quantization_config=quantization_config(model_cfg, device), dtype=dtype,
-        device_map={"": 0} if device == "cuda" else device, attn_implementation="sdpa")
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else device, attn_implementation="sdpa")
     tokenizer = load_tokenizer(model_cfg.name_or_path)
     return model, tokenizer, device
+
+
+def free_memory() -> None:
+    """Give back the memory of a model the caller has just dropped (`del model` / `held.model = None` first)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard requirement
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

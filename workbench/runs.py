@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workbench import paths, safety
+from workbench import distributed, paths, safety
 from workbench.config import RunConfig
 
 ACTIVE_STATES = ("queued", "running", "stopping")
@@ -84,8 +84,11 @@ def read_status(run_id: str) -> dict:
 
 
 def write_status(run_id: str, **updates) -> dict:
-    """Merge `updates` into status.json atomically (tmp file + rename)."""
+    """Merge `updates` into status.json atomically (tmp file + rename). Only the main process of a
+    multi-process run writes (the other ranks' writes are dropped here, in one place)."""
     path = run_path(run_id, must_exist=False) / "status.json"
+    if not distributed.is_main():
+        return read_status(run_id)
     status = {}
     if path.is_file():
         try:
@@ -138,6 +141,8 @@ def log_tail(run_id: str, chars: int = 4000) -> str:
 
 
 def append_event(run_dir: Path, event: dict) -> None:
+    if not distributed.is_main():  # one curve per run, written by rank 0
+        return
     with (run_dir / "events.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(event, allow_nan=True) + "\n")
 
@@ -145,7 +150,7 @@ def append_event(run_dir: Path, event: dict) -> None:
 def truncate_events(run_dir: Path, last_step: int) -> int:
     """Drop events after `last_step` (the checkpoint resumed from); return how many were dropped."""
     path = run_dir / "events.jsonl"
-    if not path.is_file():
+    if not path.is_file() or not distributed.is_main():
         return 0
     keep, dropped = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -11,7 +11,7 @@ import signal
 import traceback
 from pathlib import Path
 
-from workbench import jobs, runs
+from workbench import distributed, jobs, runs
 from workbench.config import RunConfig
 from workbench.events import RunCallback
 from workbench.failures import StopRequested, explain
@@ -80,7 +80,9 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
         save_steps=t.save_steps or 500, save_total_limit=3, seed=t.seed, bf16=bf16,
         fp16=device == "cuda" and not bf16 and cfg.model.compute_dtype != "float32",
         use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False)
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
+        ddp_backend=("gloo" if device == "cpu" else "nccl") if distributed.world_size() > 1 else None,
+        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None)
 
 
 def run_training(run_dir: Path, resume: bool = False) -> str:
@@ -90,18 +92,16 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
     from workbench.data import read_jsonl
 
     run_id = run_dir.name
-    stopping = runs.read_status(run_id).get("state") == "stopping"  # a stop asked for while the process started
-    if not stopping:
-        (run_dir / "STOP").unlink(missing_ok=True)  # left over from an earlier stop of this run
-    runs.write_status(run_id, state="stopping" if stopping else "running", pid=os.getpid(),
-                      started_at=runs.now_iso(), reason="", ended_at=None)
+    rank_of_many = distributed.inside_launch()  # one of several processes started by the supervisor
+    if not rank_of_many:
+        _mark_started(run_dir)
     cfg = runs.load_run_config(run_id)
     _stop_on_sigterm(run_dir)
     try:
         checkpoint = runs.last_checkpoint(run_dir) if resume else None
         if checkpoint is not None:  # the curve continues from the checkpoint: no duplicated steps
             runs.truncate_events(run_dir, int(checkpoint.name.split("-")[-1]))
-        else:
+        elif distributed.is_main():
             (run_dir / "events.jsonl").unlink(missing_ok=True)
         callback = RunCallback(run_dir, cfg)
         model, tokenizer, device = build_model(cfg, cfg.training.device)
@@ -115,9 +115,11 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
             runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(),
                               reason="Stopped on request; resume continues from the saved checkpoint.")
             return "stopped"
-        model.save_pretrained(run_dir / "adapter")
-        tokenizer.save_pretrained(run_dir / "adapter")
-        cfg.save(run_dir / "adapter" / "run_config.yaml")
+        distributed.record_replica(run_dir, model, trainer.state.global_step)
+        if distributed.is_main():
+            model.save_pretrained(run_dir / "adapter")
+            tokenizer.save_pretrained(run_dir / "adapter")
+            cfg.save(run_dir / "adapter" / "run_config.yaml")
         runs.write_status(run_id, state="completed", ended_at=runs.now_iso(), step=trainer.state.global_step)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as a readable 'failed' state
         if isinstance(exc, StopRequested):
@@ -130,8 +132,47 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return "failed"
-    _evaluate_after_training(run_id, cfg)
+    if not rank_of_many:  # with several processes the supervisor scores the run once they have ended
+        _evaluate_after_training(run_id, cfg)
     return "completed"
+
+
+def _mark_started(run_dir: Path) -> None:
+    """The process that owns the run (single process, or the supervisor of several) records its start."""
+    run_id = run_dir.name
+    stopping = runs.read_status(run_id).get("state") == "stopping"  # a stop asked for while the process started
+    if not stopping:
+        (run_dir / "STOP").unlink(missing_ok=True)  # left over from an earlier stop of this run
+    runs.write_status(run_id, state="stopping" if stopping else "running", pid=os.getpid(),
+                      started_at=runs.now_iso(), reason="", ended_at=None)
+
+
+def run_supervised(run_dir: Path, resume: bool, processes: int) -> str:
+    """Train with several processes through accelerate; this process waits, then checks what they left."""
+    from workbench.models import ModelNotAvailable, pick_device
+
+    run_id = run_dir.name
+    cfg = runs.load_run_config(run_id)
+    _mark_started(run_dir)
+    try:
+        device = pick_device(cfg.training.device)
+    except ModelNotAvailable as e:
+        runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=str(e))
+        return "failed"
+    runs.write_status(run_id, processes=processes)
+    code = distributed.supervise(run_dir, resume, processes, on_cpu=device == "cpu")
+    status = runs.read_status(run_id)
+    if status.get("state") in ("running", "stopping", "queued"):  # a rank died before rank 0 could say why
+        runs.write_status(run_id, state="failed", ended_at=runs.now_iso(),
+                          reason=f"One of the {processes} training processes ended with exit code {code} before the "
+                                 f"run finished; the traceback is in train.log. Resume continues from the last "
+                                 f"checkpoint.")
+        return "failed"
+    if status.get("state") == "completed":
+        digests = {r["lora_sha256"] for r in distributed.replicas(run_dir)}
+        runs.write_status(run_id, replicas_agree=len(digests) == 1 and len(distributed.replicas(run_dir)) == processes)
+        _evaluate_after_training(run_id, cfg)
+    return status.get("state", "failed")
 
 
 def _stop_on_sigterm(run_dir: Path) -> None:
@@ -157,6 +198,10 @@ def _evaluate_after_training(run_id: str, cfg: RunConfig) -> None:
 
 def main(run_dir: Path, resume: bool) -> int:
     run_id = run_dir.name
+    if distributed.inside_launch():  # a rank started by run_supervised: the supervisor holds the slot
+        state = run_training(run_dir, resume)
+        print(f"run {run_id} rank {distributed.rank()}: {state}")
+        return 0 if state in ("completed", "stopped") else 1
     try:
         jobs.claim_slot_for_current_process(run_id)
     except jobs.JobError as e:
@@ -164,7 +209,11 @@ def main(run_dir: Path, resume: bool) -> int:
         print(f"error: {e}")
         return 1
     try:
-        state = run_training(run_dir, resume)
+        try:
+            processes = distributed.processes_for(runs.load_run_config(run_id))
+        except Exception:  # noqa: BLE001 - run_training reports a config it cannot read, as 'failed'
+            processes = 1
+        state = run_supervised(run_dir, resume, processes) if processes > 1 else run_training(run_dir, resume)
     finally:
         jobs.release_slot(run_id)
     print(f"run {run_id}: {state}")

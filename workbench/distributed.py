@@ -1,0 +1,138 @@
+"""Training on several processes (one per GPU) through `accelerate launch` — never a home-made launcher.
+
+`python -m workbench train --run-dir RUN` stays the one command. When the run's config asks for more than
+one process, that command becomes the *supervisor*: it holds the training slot, starts
+`accelerate launch --num_processes N -m workbench train --run-dir RUN` and waits. Each launched process
+is a *rank*: the Trainer wraps the model in DDP (NCCL on GPUs, gloo on CPU), every rank trains on its
+share of the batches and gradients are averaged, so the adapters stay identical. Only rank 0 writes the
+run folder (status, events, checkpoints, the adapter); every rank records a digest of its LoRA weights
+in `replicas/` so the supervisor can confirm the replicas agree. Stop requests and timed saves are
+decided together (an all-reduce), so no rank waits forever for another.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from workbench.config import RunConfig
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def inside_launch() -> bool:
+    """True in a process started by `accelerate launch` (torchrun sets LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def is_main() -> bool:
+    """The process that writes the run folder: rank 0, or the only process."""
+    return rank() == 0
+
+
+def local_device_index() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def processes_for(cfg: RunConfig) -> int:
+    """How many processes the run trains with: the config's number, 0 meaning one per visible GPU."""
+    wanted = cfg.training.num_processes
+    if wanted == 0:
+        return max(1, visible_gpus()) if cfg.training.device != "cpu" else 1
+    return max(1, wanted)
+
+
+def launch_command(run_dir: Path, resume: bool, processes: int, on_cpu: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--multi_gpu",  # torchrun-style ranks; on a CPU the Trainer then uses gloo
+           "-m", "workbench", "train", "--run-dir", str(run_dir)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def supervise(run_dir: Path, resume: bool, processes: int, on_cpu: bool) -> int:
+    """Run the ranks and wait. SIGTERM becomes a STOP request the ranks agree on (they save, then end)."""
+    def request_stop(signum, frame):
+        (run_dir / "STOP").write_text(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, request_stop)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    (run_dir / "replicas").mkdir(exist_ok=True)
+    for old in (run_dir / "replicas").glob("rank-*.json"):
+        old.unlink()
+    proc = subprocess.Popen(launch_command(run_dir, resume, processes, on_cpu), env=env, preexec_fn=_die_with_parent)
+    while True:
+        try:
+            return proc.wait()
+        except InterruptedError:  # a signal arrived while waiting; keep waiting for the ranks to finish
+            continue
+
+
+def _die_with_parent() -> None:
+    """Linux: the launcher gets SIGTERM if the supervisor is killed (kill -9), and passes it to the ranks,
+    so no orphaned rank keeps training a run the app already shows as 'interrupted'."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def agree(*flags: bool) -> list[bool]:
+    """The same decisions on every rank: each flag is true everywhere if it is true on any rank."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(flags)
+    device = torch.device("cuda", local_device_index()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def lora_digest(model) -> str:
+    """sha256 over the LoRA weights, in name order: equal on every rank when gradients are synchronized."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if "lora_" in name:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def record_replica(run_dir: Path, model, step: int) -> None:
+    if world_size() < 2:
+        return
+    folder = run_dir / "replicas"
+    folder.mkdir(exist_ok=True)
+    (folder / f"rank-{rank()}.json").write_text(json.dumps({"rank": rank(), "world_size": world_size(),
+                                                            "step": step, "lora_sha256": lora_digest(model)}))
+
+
+def replicas(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / "replicas").glob("rank-*.json"))]
