@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     auth = parse_auth(args.auth)
 
-    from workbench import space
+    from workbench import safety, space
 
     for note in space.configure_runtime():  # on a Space: policy from space.yaml, storage on the mounted volume
         print(note, flush=True)
@@ -39,10 +39,8 @@ def main() -> None:
     from workbench.ui.app import CSS, build_app
 
     demo = build_app()
-    from workbench.data import max_file_mb
-
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth, css=CSS,
-                                                   max_file_size=f"{max_file_mb():.0f}mb")
+                                                   max_file_size=f"{safety.max_upload_mb():.0f}mb")
 
 
 if __name__ == "__main__":

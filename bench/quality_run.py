@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SEED = {"perplexity": (27.18, 11.12), "rouge1": (0.340, 0.388), "rouge2": (0.111, 0.202), "rougeL": (0.188, 0.254),
         "bleu": (0.0655, 0.0567)}  # Mistral-7B, the founding notebook
-LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
 
 
 def recipe(args):
@@ -46,6 +45,8 @@ def recipe(args):
 
 
 def markdown(metrics: dict) -> str:
+    from workbench.scoring import LABELS
+
     lines = ["| Metric | Base | Fine-tuned | Change | Seed (Mistral-7B) base → tuned |", "|---|---|---|---|---|"]
     for key, label in LABELS.items():
         fmt = "{:.2f}" if key == "perplexity" else "{:.4f}"

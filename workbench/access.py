@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from workbench import space
+
 ADMIN_ACTIONS = {"train", "stop", "resume", "delete", "eval", "push", "clean_data", "export", "deploy"}
 REVIEW_ACTIONS = {"chat", "vote"}
 VIEW_ACTIONS = {"view"}
@@ -21,8 +23,6 @@ class AccessDenied(PermissionError):
 def current_policy():
     """The active policy: the space.yaml named by WORKBENCH_POLICY (set automatically on a Space), a locked
     policy on a Space that has none, else None (local use: everyone may do everything)."""
-    from workbench import space  # imported lazily: local use needs no space.yaml
-
     path = os.environ.get("WORKBENCH_POLICY")
     if not path:
         return space.LOCKED if space.on_space() else None

@@ -41,12 +41,17 @@ def filter_table(df: pd.DataFrame, query: str = "", min_chars: int = 0, max_char
 
 
 def char_stats(df: pd.DataFrame) -> dict:
+    """Length summaries and duplicate count; an annotate()d table's 'duplicate' column is reused, not recomputed."""
     q, a = df["instruction"].str.len(), df["output"].str.len()
+    if "duplicate" in df:
+        dup = int(df["duplicate"].sum())
+    else:
+        dup = int(duplicate_rows(df).sum()) if len(df) else 0
     def summary(s):
         return {"min": int(s.min()), "median": int(s.median()), "p95": int(s.quantile(0.95)), "max": int(s.max())} \
             if len(s) else {}
     return {"rows": len(df), "question_chars": summary(q), "answer_chars": summary(a),
-            "duplicate_rows": int(duplicate_rows(df).sum()) if len(df) else 0,
+            "duplicate_rows": dup,
             "empty_context": int((df["context"].str.strip() == "").sum())}
 
 

@@ -51,14 +51,12 @@ def _model_key(model_cfg: ModelConfig, device: str) -> tuple:
 
 def held_model(model_cfg: ModelConfig, device: str) -> HeldModel:
     """The cached model for this base model id and device; loads it (evicting any other) on first use."""
-    from workbench.models import load_model
-
     key = _model_key(model_cfg, device)
     with _HOLD_LOCK:
         if key in _HELD:
             return _HELD[key]
         _release_locked()  # one base model in memory at a time: a 7B and another 7B would not both fit
-        model, tokenizer, device = load_model(model_cfg, device)
+        model, tokenizer, device = models.load_model(model_cfg, device)
         model.eval()
         _HELD[key] = HeldModel(key, model, tokenizer, device)
         return _HELD[key]
@@ -118,9 +116,14 @@ def chat_runs() -> list[dict]:
     return out
 
 
+def _side(value) -> str:
+    """A column's side id as typed or picked: empty means the base model."""
+    return str(value or "").strip() or BASE
+
+
 def resolve_sides(left: str, right: str):
     """Check the two sides and return (model_cfg, {run_id: adapter_path}, run config of the first run)."""
-    left, right = (str(left or "").strip() or BASE), (str(right or "").strip() or BASE)
+    left, right = _side(left), _side(right)
     if left == right == BASE:
         raise ChatError("Pick a fine-tuned run for at least one column (train one in the Train tab first).")
     if left == right:
@@ -214,14 +217,16 @@ def gpu_decision(device: str, training_run: str | None, need_gb: float, free_gb:
                    f"tab), or lower max new tokens.")
 
 
+def _free_gpu_gb() -> float:
+    import torch
+
+    return torch.cuda.mem_get_info()[0] / 2**30
+
+
 def check_gpu_policy(model_cfg: ModelConfig, device: str, settings: ChatSettings) -> str:
     """Apply the policy now; returns the note to show, or raises ChatError (and unloads chat) when refused."""
     training_run = jobs.active_run()
-    free_gb = None
-    if device == "cuda" and training_run:
-        import torch
-
-        free_gb = torch.cuda.mem_get_info()[0] / 2**30
+    free_gb = _free_gpu_gb() if device == "cuda" and training_run else None
     loaded = _model_key(model_cfg, device) in _HELD
     allowed, note = gpu_decision(device, training_run, chat_memory_gb(model_cfg, settings, loaded), free_gb)
     if not allowed:
@@ -237,8 +242,6 @@ def chat_pair(left: str, right: str, question: str, histories=(None, None), sett
     The first update (empty texts) comes before the model loads and carries the policy note; then one
     update per generated token; the last one has `finished` set. Errors the user can fix raise ChatError.
     """
-    from workbench.models import ModelNotAvailable, pick_device
-
     settings = settings or ChatSettings()
     question = str(question or "").strip()
     if not question:
@@ -248,16 +251,16 @@ def chat_pair(left: str, right: str, question: str, histories=(None, None), sett
     problems = settings.validate()
     if problems:
         raise ChatError(" ".join(problems))
-    left, right = (str(left or "").strip() or BASE), (str(right or "").strip() or BASE)
+    left, right = _side(left), _side(right)
     model_cfg, adapters, run_cfg = resolve_sides(left, right)
     try:
-        device = pick_device(device)
+        device = models.pick_device(device)
         note = check_gpu_policy(model_cfg, device, settings)
         yield PairUpdate(texts=["", ""], done=[False, False], tokens=[0, 0], first_token_s=[None, None], note=note)
         held = held_model(model_cfg, device)
     except ChatError:
         raise
-    except ModelNotAvailable as e:
+    except models.ModelNotAvailable as e:
         raise ChatError(str(e)) from None
     except (OSError, ValueError, RuntimeError) as e:  # a broken model folder, a bad 4-bit setting, out of memory
         raise ChatError(f"The base model {model_cfg.name_or_path} could not be loaded ({type(e).__name__}: "
@@ -286,16 +289,11 @@ def settings_dict(settings: ChatSettings) -> dict:
 def policy_status() -> str:
     """The policy's verdict right now, for the Chat tab's status line (never raises)."""
     try:
-        from workbench.models import pick_device
-
-        device, training_run = pick_device("auto"), jobs.active_run()
+        device, training_run = models.pick_device("auto"), jobs.active_run()
         if device != "cuda":
             return gpu_decision(device, training_run, 0.0, None)[1]
         if not training_run:
             return "GPU is free: chat runs at full speed."
-        import torch
-
-        free = torch.cuda.mem_get_info()[0] / 2**30
-        return f"{gpu_decision(device, training_run, 0.0, free)[1]} (exact check when you ask)"
+        return f"{gpu_decision(device, training_run, 0.0, _free_gpu_gb())[1]} (exact check when you ask)"
     except Exception as e:  # the status line must not break the tab
         return f"Could not check the device ({type(e).__name__}); chat will check again when you ask."

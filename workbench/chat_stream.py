@@ -103,14 +103,12 @@ def stream_pair(held, adapter_names: list[str], prompts: list[list[int]], settin
     """
     import torch
 
+    from workbench.scoring import left_padded
+
     stop_event = stop_event or threading.Event()
     gen_cfg = _generation_config(held, settings)
     stop_ids = set(gen_cfg.eos_token_id)
-    width = max(len(p) for p in prompts)
-    pad = gen_cfg.pad_token_id
-    device = next(held.model.parameters()).device
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    ids, mask = left_padded(prompts, gen_cfg.pad_token_id, next(held.model.parameters()).device)
     streamer = RowStreamer()
     errors: list[BaseException] = []
     kwargs = dict(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, streamer=streamer,

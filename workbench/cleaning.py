@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from workbench.data import normalize
+from workbench.data import DataError, normalize
 
 SHORT_ANSWER_CHARS = 20
 
@@ -108,8 +108,6 @@ STEPS = {
 
 
 def check_steps(names) -> None:
-    from workbench.data import DataError
-
     unknown = [n for n in names if n not in STEPS]
     if unknown:
         raise DataError(f"Unknown cleaning step(s) {unknown}; choose from {', '.join(STEPS)}.")

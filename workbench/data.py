@@ -15,7 +15,7 @@ import pandas as pd
 
 from workbench import paths
 from workbench.config import DataConfig
-from workbench.data_load import SUPPORTED, DataError, load_dbdemos, load_table, max_file_mb  # noqa: F401 (re-exported)
+from workbench.data_load import DataError, load_dbdemos, load_table  # noqa: F401 (re-exported)
 
 RECORD_COLUMNS = ["instruction", "input", "output", "context"]
 
@@ -74,7 +74,7 @@ def apply_mapping(df: pd.DataFrame, mapping: dict | None = None) -> pd.DataFrame
 
 def _reject_nested(column: pd.Series, name: str) -> None:
     """Questions/answers must be text: a column of objects or lists needs flattening first."""
-    nested = column.map(lambda v: isinstance(v, (dict, list)) or (hasattr(v, "tolist") and not isinstance(v, str)))
+    nested = column.map(_is_nested)
     if len(column) and nested.mean() > 0.5:
         first = column[nested].iloc[0]
         keys = f" (objects with keys {', '.join(map(str, list(first)[:5]))})" if isinstance(first, dict) else ""
@@ -82,13 +82,16 @@ def _reject_nested(column: pd.Series, name: str) -> None:
                         f"and answer are plain text fields, or map another column.")
 
 
+def _is_nested(value) -> bool:
+    """A dict, list or array (e.g. a Parquet list cell), not a plain value."""
+    return isinstance(value, (dict, list)) or (hasattr(value, "tolist") and not isinstance(value, str))
+
+
 def _as_text(value) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    if hasattr(value, "tolist") and not isinstance(value, str):
-        return json.dumps(value.tolist(), ensure_ascii=False)
+    if _is_nested(value):
+        return json.dumps(value.tolist() if hasattr(value, "tolist") else value, ensure_ascii=False)
     return str(value)
 
 
@@ -177,11 +180,14 @@ class PreparedData:
     report: dict = field(default_factory=dict)
 
 
-def prepare_dataset(data_cfg: DataConfig) -> PreparedData:
-    """Load, map, clean (config steps), split and cap: the exact records a run trains and scores on."""
+def prepare_dataset(data_cfg: DataConfig, records: pd.DataFrame | None = None) -> PreparedData:
+    """Load, map, clean (config steps), split and cap: the exact records a run trains and scores on.
+
+    `records`: the mapped table of `data_cfg.source` when the caller has loaded it already (not re-read).
+    """
     from workbench.cleaning import apply_steps
 
-    df = load_source(data_cfg)
+    df = load_source(data_cfg) if records is None else records
     loaded, empty = len(df), df.attrs.get("empty_rows_dropped", 0)
     df, cleaning = apply_steps(df, list(data_cfg.cleaning))
     if df.empty:

@@ -67,9 +67,9 @@ def _guarded(reader, p: Path, what: str) -> pd.DataFrame:
 
 
 def _load_file(p: Path) -> pd.DataFrame:
-    size = p.stat().st_size
-    if size / 1e6 > max_file_mb():
-        raise DataError(f"{p.name} is {size / 1e6:,.0f} MB, over the {max_file_mb():,.0f} MB limit; split it or "
+    size, limit = p.stat().st_size, max_file_mb()
+    if size / 1e6 > limit:
+        raise DataError(f"{p.name} is {size / 1e6:,.0f} MB, over the {limit:,.0f} MB limit; split it or "
                         f"sample it first (or raise WORKBENCH_MAX_UPLOAD_MB).")
     if size == 0:
         raise DataError(f"{p.name} is empty (0 bytes); choose a file that holds question/answer rows.")

@@ -74,21 +74,13 @@ def _free_port() -> int:
 
 
 def supervise(run_dir: Path, resume: bool, processes: int, on_cpu: bool) -> int:
-    """Run the ranks and wait. SIGTERM becomes a STOP request the ranks agree on (they save, then end)."""
-    def request_stop(signum, frame):
-        (run_dir / "STOP").write_text(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, request_stop)
+    """Run the ranks and wait for them; returns the launcher's exit code."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     (run_dir / "replicas").mkdir(exist_ok=True)
     for old in (run_dir / "replicas").glob("rank-*.json"):
         old.unlink()
     proc = subprocess.Popen(launch_command(run_dir, resume, processes, on_cpu), env=env, preexec_fn=_die_with_parent)
-    while True:
-        try:
-            return proc.wait()
-        except InterruptedError:  # a signal arrived while waiting; keep waiting for the ranks to finish
-            continue
+    return proc.wait()  # a SIGTERM meanwhile only writes STOP (train._stop_on_sigterm); the wait goes on
 
 
 def _die_with_parent() -> None:
@@ -136,3 +128,9 @@ def record_replica(run_dir: Path, model, step: int) -> None:
 
 def replicas(run_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run_dir / "replicas").glob("rank-*.json"))]
+
+
+def replicas_agree(run_dir: Path, processes: int) -> bool:
+    """Every rank recorded its adapter, and all the digests are the same."""
+    recorded = replicas(run_dir)
+    return len(recorded) == processes and len({r["lora_sha256"] for r in recorded}) == 1

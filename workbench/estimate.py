@@ -1,6 +1,8 @@
 """Rough resource estimates shown before a run starts: GPU memory, or time on a CPU."""
 from __future__ import annotations
 
+import functools
+
 from workbench.config import EMBEDDED_MODEL, RunConfig
 
 VOCAB_GUESS = 32768  # Mistral's 32,000 rounded up; SmolLM2 has 49,152, Llama 3 128,256 (a guess either way)
@@ -68,7 +70,9 @@ def describe(cfg: RunConfig, gpu_name: str | None, gpu_total_gb: float | None, s
     return f"No GPU found: training runs on the CPU at roughly {per_step:.1f} s per step{total}.{warn}"
 
 
+@functools.lru_cache(maxsize=1)
 def detected_gpu() -> tuple[str | None, float | None]:
+    """(name, GB) of the first GPU, or (None, None); looked up once per process (the form asks on every change)."""
     import torch
 
     if not torch.cuda.is_available():

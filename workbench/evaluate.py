@@ -7,10 +7,8 @@ unless the whole evaluation succeeded.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import time
 import traceback
 from contextlib import contextmanager
@@ -109,7 +107,7 @@ def read_cached_base(key: str) -> dict | None:
 
 
 def write_cached_base(key: str, result: dict) -> None:
-    _atomic_write(_cache_file(key), json.dumps(result))
+    paths.atomic_write(_cache_file(key), json.dumps(result))
 
 
 # -- scoring one model ------------------------------------------------------------------------
@@ -141,13 +139,11 @@ def _score_base(model, tokenizer, cfg, records, device, progress, use_cache: boo
 
 
 def _load(cfg: RunConfig, device: str, progress):
-    from workbench.models import ModelNotAvailable, load_model
-
     if progress:
         progress(0.01, f"loading {cfg.model.name_or_path} in {'4' if cfg.model.load_in_4bit else '16'}-bit")
     try:
-        return load_model(cfg.model, device)
-    except ModelNotAvailable as e:
+        return models.load_model(cfg.model, device)
+    except models.ModelNotAvailable as e:
         raise EvalError(str(e)) from None
     except Exception as e:  # a broken model folder, a bad quantization setting...
         raise EvalError(f"The base model {cfg.model.name_or_path} could not be loaded ({type(e).__name__}: "
@@ -155,11 +151,9 @@ def _load(cfg: RunConfig, device: str, progress):
 
 
 def _pick_device(preference: str) -> str:
-    from workbench.models import ModelNotAvailable, pick_device
-
     try:
-        return pick_device(preference)
-    except ModelNotAvailable as e:
+        return models.pick_device(preference)
+    except models.ModelNotAvailable as e:
         raise EvalError(str(e)) from None
 
 
@@ -167,15 +161,11 @@ def _pick_device(preference: str) -> str:
 
 @contextmanager
 def _eval_lock(run_dir: Path):
-    with open(run_dir / ".eval.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EvalError(f"Run '{run_dir.name}' is being evaluated already; wait for it to finish.") from None
-        try:
+    try:
+        with paths.file_lock(run_dir / ".eval.lock", wait=False):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise EvalError(f"Run '{run_dir.name}' is being evaluated already; wait for it to finish.") from None
 
 
 def evaluate_run(run_id: str, progress=None, device: str | None = None, use_cache: bool = True,
@@ -195,15 +185,14 @@ def evaluate_run(run_id: str, progress=None, device: str | None = None, use_cach
         runs.write_status(run_id, eval_state="running", eval_error="")
         try:
             metrics = _evaluate_run(run_id, run_dir, progress, device, use_cache, eval_settings)
+        except EvalError as exc:
+            runs.write_status(run_id, eval_state="failed", eval_error=str(exc))
+            raise
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, EvalError) else explain_failure(exc)
-            if not isinstance(exc, EvalError):
-                with (run_dir / "eval.log").open("a", encoding="utf-8") as log:
-                    log.write(f"\n[{runs.now_iso()}] " + "".join(traceback.format_exception(exc)))
-                reason += f" (the full error is in {run_dir / 'eval.log'})"
+            with (run_dir / "eval.log").open("a", encoding="utf-8") as log:
+                log.write(f"\n[{runs.now_iso()}] " + "".join(traceback.format_exception(exc)))
+            reason = f"{explain_failure(exc)} (the full error is in {run_dir / 'eval.log'})"
             runs.write_status(run_id, eval_state="failed", eval_error=reason)
-            if isinstance(exc, EvalError):
-                raise
             raise EvalError(reason) from exc
         except BaseException:  # Ctrl+C: not a failure of the run, but no longer running either
             runs.write_status(run_id, eval_state="interrupted")
@@ -285,23 +274,16 @@ def prediction_rows(records: list[dict], base: dict, tuned: dict) -> list[dict]:
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_results(run_dir: Path, metrics: dict, predictions: list[dict]) -> None:
     """predictions.jsonl first, metrics.json last: metrics.json appearing means the evaluation finished."""
-    _atomic_write(run_dir / "predictions.jsonl",
+    paths.atomic_write(run_dir / "predictions.jsonl",
                   "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, ensure_ascii=False))
+    paths.atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, ensure_ascii=False))
 
 
 def read_metrics(run_id: str) -> dict | None:
     try:
-        return json.loads((runs.run_path(run_id) / "metrics.json").read_text())
+        return json.loads((runs.run_path(run_id) / "metrics.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
         return None
 

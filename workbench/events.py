@@ -1,21 +1,10 @@
-"""Training progress as data: the Trainer callback that writes one event per log step into the run
-folder, and `reduce(status, event)`, the pure fold of those events into what the Train tab shows.
+"""Training progress as data: `reduce(status, event)`, the pure fold of a run's events (one per log step,
+written by workbench.callback inside the training process) into what the Train tab shows. Pure Python:
+the app imports it without loading torch or transformers.
 """
 from __future__ import annotations
 
 import math
-import os
-import time
-from pathlib import Path
-
-from workbench import distributed, runs
-from workbench.config import RunConfig
-from workbench.failures import NonFiniteLoss
-
-try:
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - transformers is a hard requirement
-    TrainerCallback = object
 
 METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "gpu_mem_gb", "cpu_mem_gb")
 
@@ -82,93 +71,3 @@ def fold(events: list[dict], status: dict | None = None) -> dict:
     for event in events:
         progress = reduce(progress, event)
     return progress
-
-
-# -- the callback inside the training process ----------------------------------------------------
-
-class RunCallback(TrainerCallback):
-    """Writes one event per log step, saves on a timer, obeys STOP, fails on NaN/inf loss."""
-
-    def __init__(self, run_dir: Path, cfg: RunConfig):
-        self.run_dir, self.cfg = run_dir, cfg
-        self.started = time.time()
-        self.offset = _last_elapsed(runs.read_events(run_dir.name))  # a resumed run's clock continues
-        self.last_save = time.time()
-        self.last_log = (time.time(), 0)
-        self.stopped = False
-        self.fault = os.environ.get("WORKBENCH_FAULT", "")  # test-only fault injection, e.g. oom_at_step:2
-
-    def on_train_begin(self, args, state, control, **kw):
-        stopping = (self.run_dir / "STOP").exists()
-        runs.write_status(self.run_dir.name, state="stopping" if stopping else "running",
-                          total_steps=state.max_steps, step=state.global_step)
-        self.last_log = (time.time(), state.num_input_tokens_seen or 0)
-
-    def on_step_begin(self, args, state, control, model=None, **kw):
-        kind, _, at = self.fault.partition("_at_step:")
-        if not at or state.global_step + 1 != int(at):
-            return
-        import torch
-
-        if kind == "oom":  # simulated: no GPU here to exhaust; the real exception type is raised
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated fault)")
-        if kind == "nan":  # a real NaN: poison one LoRA weight so the forward pass produces NaN
-            with torch.no_grad():
-                next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
-        if kind == "crash":
-            raise RuntimeError("simulated crash")
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        logs = logs or {}
-        if not any(k in logs for k in ("loss", "eval_loss")):
-            return
-        now = time.time()
-        tokens = state.num_input_tokens_seen or 0
-        t0, tok0 = self.last_log
-        event = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "ts": now,
-                 "elapsed": round(self.offset + now - self.started, 2)}
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-            if key in logs:
-                event[key] = float(logs[key])
-        if "loss" in logs:
-            event["tokens_per_s"] = round((tokens - tok0) / max(now - t0, 1e-6), 1)
-            self.last_log = (now, tokens)
-        event.update(memory())
-        runs.append_event(self.run_dir, event)
-        runs.write_status(self.run_dir.name, step=state.global_step, total_steps=state.max_steps,
-                          epoch=event["epoch"], last_loss=event.get("loss"))
-        for key in ("loss", "eval_loss"):
-            if key in event and not math.isfinite(event[key]):
-                raise NonFiniteLoss(f"{key} became {event[key]} at step {state.global_step}")
-
-    def on_step_end(self, args, state, control, **kw):
-        minutes = self.cfg.training.save_every_minutes
-        timed_save = bool(minutes) and time.time() - self.last_save > minutes * 60
-        # With several processes every rank must take the same decision at the same step, or one waits forever.
-        timed_save, stop = distributed.agree(timed_save, (self.run_dir / "STOP").exists())
-        if timed_save:
-            control.should_save = True
-        if stop:
-            self.stopped = True
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_save(self, args, state, control, **kw):
-        self.last_save = time.time()
-        runs.write_status(self.run_dir.name, last_checkpoint_step=state.global_step)
-
-
-def _last_elapsed(events: list[dict]) -> float:
-    values = [_number(e.get("elapsed")) for e in events if isinstance(e, dict)]
-    return max([v for v in values if v is not None and math.isfinite(v)], default=0.0)
-
-
-def memory() -> dict:
-    """Resident memory of this process, and peak GPU memory when there is a GPU."""
-    import psutil
-    import torch
-
-    mem = {"cpu_mem_gb": round(psutil.Process().memory_info().rss / 2**30, 3)}
-    if torch.cuda.is_available():
-        mem["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return mem

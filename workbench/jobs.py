@@ -15,7 +15,6 @@ import shlex
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from workbench import paths, runs
@@ -26,15 +25,8 @@ class JobError(RuntimeError):
     """A job action was refused; the message says why and what to do."""
 
 
-@contextmanager
 def _slot_lock():
-    lock = paths.runs_dir() / ".slot.lock"
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return paths.file_lock(paths.runs_dir() / ".slot.lock")
 
 
 def _slot_file() -> Path:
@@ -101,10 +93,9 @@ def train_command(run_id: str, resume: bool = False) -> list[str]:
     return cmd + (["--resume"] if resume else [])
 
 
-def cli_equivalent(run_id: str | None = None, resume: bool = False) -> str:
-    if run_id is None:
-        return "python -m workbench train --config config.yaml"
-    return f"python -m workbench train --run-dir {runs.run_path(run_id)}" + (" --resume" if resume else "")
+def cli_equivalent(run_id: str, resume: bool = False) -> str:
+    """The command the background job runs, as a person would type it."""
+    return shlex.join(["python", *train_command(run_id, resume)[1:]])
 
 
 def cli_for_config(cfg: RunConfig) -> str:

@@ -6,11 +6,9 @@ it is converted once to an ordinary safetensors folder in the model cache; after
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 from workbench import paths
@@ -28,17 +26,6 @@ def describe(name_or_path: str) -> str:
     if name_or_path == EMBEDDED_MODEL:
         return "SmolLM2-135M-Instruct (embedded, offline, CPU-friendly)"
     return name_or_path
-
-
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _embedded_gguf(name: str) -> Path:
@@ -67,7 +54,7 @@ def embedded_model_dir(name: str = "SmolLM2-135M-Instruct", progress=None) -> Pa
     target = paths.model_cache() / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    with _file_lock(paths.model_cache() / f".{name}.lock"):
+    with paths.file_lock(paths.model_cache() / f".{name}.lock"):
         if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
             return target  # another process converted it while we waited
         gguf = _embedded_gguf(name)

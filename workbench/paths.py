@@ -6,7 +6,9 @@ Each location can also be overridden on its own through an environment variable.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +59,24 @@ def default_dbdemos_dir() -> Path:
     if env:
         return Path(env)
     return REPO_ROOT.parent / "shared" / "data" / "databricks-docs-qa"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write UTF-8 text through a temporary file and a rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def file_lock(path: Path, wait: bool = True):
+    """Hold an exclusive lock on `path` (created if missing) for the `with` block. Other processes wait for it,
+    or with wait=False this raises BlockingIOError at once when someone holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

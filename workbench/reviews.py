@@ -12,10 +12,9 @@ import json
 import math
 import sqlite3
 from contextlib import closing
-from datetime import datetime, timezone
 from pathlib import Path
 
-from workbench import paths
+from workbench import paths, runs
 
 BASE = "base"  # the side id of the base model; any other side id is a run id
 CHOICES = ("left", "right", "tie", "both_bad")
@@ -82,7 +81,7 @@ def record_vote(reviewer: str, question: str, left_side: str, right_side: str, l
     left_side, right_side = _clean(left_side, "left side", 200), _clean(right_side, "right side", 200)
     if left_side == right_side:
         raise ReviewError("Both sides are the same model; a vote needs two different models.")
-    row = (datetime.now(timezone.utc).isoformat(timespec="seconds"), _clean(reviewer, "reviewer", 200),
+    row = (runs.now_iso(), _clean(reviewer, "reviewer", 200),
            _clean(question, "question", 20_000), left_side, right_side,
            _clean(left_answer, "answer", 100_000, required=False), _clean(right_answer, "answer", 100_000,
                                                                           required=False),
@@ -116,7 +115,8 @@ def votes(run_id: str | None = None) -> list[dict]:
         else:
             rows = conn.execute("SELECT * FROM votes WHERE left_side = ? OR right_side = ? ORDER BY id",
                                 (run_id, run_id)).fetchall()
-    return [{**dict(r), "winner": winner(dict(r))} for r in rows]
+    rows = [dict(r) for r in rows]
+    return [{**r, "winner": winner(r)} for r in rows]
 
 
 def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float] | None:

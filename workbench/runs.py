@@ -97,9 +97,7 @@ def write_status(run_id: str, **updates) -> dict:
             status = {}
     status.update(updates)
     status["updated_at"] = now_iso()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, path)
+    paths.atomic_write(path, json.dumps(status, indent=1))
     return status
 
 

@@ -11,6 +11,7 @@ import math
 from workbench.formatting import IGNORE_INDEX, tokenize_example
 
 METRICS = ("perplexity", "rouge1", "rouge2", "rougeL", "bleu")
+LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
 LOWER_IS_BETTER = {"perplexity"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 ROUGE_STEMMER = False  # rouge-score's (and HF evaluate's) default; the seed notebook's numbers use it
@@ -19,6 +20,13 @@ BLEU_SETTINGS = {"tokenize": "13a", "smooth_method": "none", "lowercase": False}
 
 def _noop(fraction: float, message: str) -> None:
     pass
+
+
+def format_value(key: str, value) -> str:
+    """A metric as shown in tables: perplexity with 2 decimals, the 0-1 scores with 4, '—' when missing."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if key == "perplexity" else f"{value:.4f}"
 
 
 # -- text metrics -----------------------------------------------------------------------------
@@ -75,6 +83,16 @@ def relative_change(base: float | None, tuned: float | None) -> float | None:
 def _batches(items: list, size: int):
     for start in range(0, len(items), max(1, size)):
         yield start, items[start:start + size]
+
+
+def left_padded(prompts: list[list[int]], pad: int, device):
+    """(input_ids, attention_mask) tensors with every prompt LEFT-padded, so all end where generation starts."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
 
 
 def answer_perplexity(model, tokenizer, records: list[dict], max_length: int, template: str = "chat",
@@ -146,11 +164,9 @@ def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int,
     prompts = [prompt_ids(r, tokenizer, max_length, template, system_prompt) for r in records]
     answers: list[str] = []
     for start, batch in _batches(prompts, batch_size):
-        width = max(len(p) for p in batch)  # LEFT padding: every prompt ends where generation starts
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        ids, mask = left_padded(batch, pad, device)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
-        answers += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+        answers += [t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
         progress((start + len(batch)) / max(len(prompts), 1), f"generating {start + len(batch)}/{len(prompts)}")
     return answers

@@ -37,7 +37,7 @@ EXTRA_FLAVORS = {"h100"}  # named in the Spaces docs, not (yet) in huggingface_h
 FREE_FLAVORS = {"cpu-basic"}  # free hardware: its sleep time cannot be configured
 VOLUME_TYPES = ("bucket", "model", "dataset", "space")
 COLORS = ("red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
 _DURATION = re.compile(r"^\d+(m|h)$")
@@ -144,7 +144,7 @@ def validate(spec: SpaceSpec, raw: dict | None = None) -> list[str]:
     """Every problem with its fix (empty list when the spec is fine)."""
     raw = raw or {}
     out = []
-    if spec.space_id and not _REPO_ID.match(str(spec.space_id)):
+    if spec.space_id and not REPO_ID.match(str(spec.space_id)):
         out.append(f"space_id: '{spec.space_id}' is not a Space id; write it as 'owner/name' (letters, digits, "
                    f"'-', '_', '.'), e.g. 'alice/tech-llm-forge'.")
     out += _check_hardware(spec)
@@ -173,7 +173,7 @@ def validate(spec: SpaceSpec, raw: dict | None = None) -> list[str]:
     minutes = spec.oauth_expiration_minutes
     if not isinstance(minutes, int) or isinstance(minutes, bool) or not 1 <= minutes <= 43200:
         out.append(f"oauth_expiration_minutes: '{minutes}' must be a whole number of minutes from 1 to 43200 (30 days).")
-    if not isinstance(spec.preload_from_hub, list) or any(not _REPO_ID.match(str(m)) for m in spec.preload_from_hub):
+    if not isinstance(spec.preload_from_hub, list) or any(not REPO_ID.match(str(m)) for m in spec.preload_from_hub):
         out.append("preload_from_hub: must be a list of Hub model ids such as 'mistralai/Mistral-7B-Instruct-v0.2'.")
     return out
 
@@ -216,7 +216,7 @@ def _check_volumes(volumes) -> list[str]:
         out += [_unknown(k, VOLUME_KEYS, where) for k in v if k not in VOLUME_KEYS]
         if v.get("type", "bucket") not in VOLUME_TYPES:
             out.append(f"{where}.type: '{v.get('type')}' must be one of {', '.join(VOLUME_TYPES)}.")
-        if not _REPO_ID.match(str(v.get("source", ""))):
+        if not REPO_ID.match(str(v.get("source", ""))):
             out.append(f"{where}.source: '{v.get('source', '')}' must be 'owner/name' of the bucket or repository.")
         mount = str(v.get("mount_path", ""))
         if not mount.startswith("/") or ".." in mount.split("/") or mount.rstrip("/") in ("", "/home/user/app"):
@@ -278,7 +278,7 @@ def _check_model(spec: SpaceSpec) -> list[str]:
     m = spec.default_model
     if not isinstance(m, str) or not m.strip():
         return [f"default_model: give a model, e.g. {MISTRAL_7B} or {EMBEDDED_MODEL}."]
-    if not m.startswith("embedded:") and not _REPO_ID.match(m):
+    if not m.startswith("embedded:") and not REPO_ID.match(m):
         return [f"default_model: '{m}' must be a Hub model id (owner/name) or {EMBEDDED_MODEL}."]
     if spec.hardware in FLAVORS and spec.gpu_gb == 0 and not m.startswith("embedded:"):
         return [f"default_model: {m} needs a GPU but hardware '{spec.hardware}' has none; pick GPU hardware "
@@ -327,10 +327,10 @@ def load_policy(path: str | Path) -> Policy:
     """The Policy in a space.yaml (re-read when the file changes); raises SpaceConfigError when invalid."""
     p = Path(path)
     try:
-        stamp = p.stat().st_mtime_ns
+        st = p.stat()
     except OSError:
         raise SpaceConfigError([f"the policy file {p} does not exist; point WORKBENCH_POLICY at a space.yaml."]) from None
-    key = (str(p.resolve()), stamp)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)  # one stat per call: role() runs on every UI tick
     if key not in _policy_cache:
         _policy_cache.clear()
         _policy_cache[key] = policy_from_spec(load_spec(p))

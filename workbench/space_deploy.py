@@ -150,9 +150,11 @@ def bundle_files(repo_root: Path = paths.REPO_ROOT) -> list[str]:
     return sorted(out)
 
 
-def build_bundle(spec: SpaceSpec, config_path: Path, dest: Path, repo_root: Path = paths.REPO_ROOT) -> list[str]:
-    """Copy the app into `dest` and write the generated README.md, requirements.txt and space.yaml."""
-    files = bundle_files(repo_root)
+def build_bundle(spec: SpaceSpec, config_path: Path, dest: Path, repo_root: Path = paths.REPO_ROOT,
+                 files: list[str] | None = None) -> list[str]:
+    """Copy the app (`files`, default bundle_files) into `dest` and write the generated README.md,
+    requirements.txt and space.yaml."""
+    files = bundle_files(repo_root) if files is None else files
     for rel in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +162,7 @@ def build_bundle(spec: SpaceSpec, config_path: Path, dest: Path, repo_root: Path
     (dest / "README.md").write_text(readme_text(spec, repo_root), encoding="utf-8")
     (dest / "requirements.txt").write_text(space_requirements(repo_root), encoding="utf-8")
     shutil.copyfile(config_path, dest / "space.yaml")  # the app reads its allowlist from it on the Space
-    return sorted([*files, "README.md", "requirements.txt", "space.yaml"])
+    return sorted([*files, *GENERATED])
 
 
 # -- the plan ---------------------------------------------------------------------------------------
@@ -295,7 +297,8 @@ def deploy(config_path: str | Path, dry_run: bool = False, api=None, env=None, l
     config_path = Path(config_path)
     spec = load_spec(config_path)
     steps, warnings = plan(spec, env, wait)
-    files = sorted([*bundle_files(repo_root), "README.md", "requirements.txt", "space.yaml"])
+    app_files = bundle_files(repo_root)  # walked once: the plan shows exactly what build_bundle uploads
+    files = sorted([*app_files, *GENERATED])
     log(redact(describe_plan(spec, files, steps, warnings, repo_root), env=env))
     result = DeployResult(spec, steps, warnings, files)
     if dry_run:
@@ -308,7 +311,7 @@ def deploy(config_path: str | Path, dry_run: bool = False, api=None, env=None, l
 
     api = api if api is not None else hub_export.hub_api(env)
     with tempfile.TemporaryDirectory(prefix="wb-space-") as tmp:
-        build_bundle(spec, config_path, Path(tmp), repo_root)
+        build_bundle(spec, config_path, Path(tmp), repo_root, app_files)
         try:
             result.runtime = run_plan(steps, api, Path(tmp), env, log, settle_s)
         except DeployError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from workbench import distributed, jobs, runs
 from workbench.config import RunConfig
-from workbench.events import RunCallback
+from workbench.callback import RunCallback
 from workbench.failures import StopRequested, explain
 from workbench.safety import redact
 
@@ -160,6 +160,7 @@ def run_supervised(run_dir: Path, resume: bool, processes: int) -> str:
         runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=str(e))
         return "failed"
     runs.write_status(run_id, processes=processes)
+    _stop_on_sigterm(run_dir)  # the ranks see the STOP file and agree to stop, save, and end
     code = distributed.supervise(run_dir, resume, processes, on_cpu=device == "cpu")
     status = runs.read_status(run_id)
     if status.get("state") in ("running", "stopping", "queued"):  # a rank died before rank 0 could say why
@@ -169,8 +170,7 @@ def run_supervised(run_dir: Path, resume: bool, processes: int) -> str:
                                  f"checkpoint.")
         return "failed"
     if status.get("state") == "completed":
-        digests = {r["lora_sha256"] for r in distributed.replicas(run_dir)}
-        runs.write_status(run_id, replicas_agree=len(digests) == 1 and len(distributed.replicas(run_dir)) == processes)
+        runs.write_status(run_id, replicas_agree=distributed.replicas_agree(run_dir, processes))
         _evaluate_after_training(run_id, cfg)
     return status.get("state", "failed")
 
@@ -186,10 +186,8 @@ def _stop_on_sigterm(run_dir: Path) -> None:
 def _evaluate_after_training(run_id: str, cfg: RunConfig) -> None:
     if not cfg.eval.run_after_training:
         return
-    try:
-        from workbench.evaluate import evaluate_run
-    except ImportError:
-        return
+    from workbench.evaluate import evaluate_run
+
     try:
         evaluate_run(run_id)
     except Exception as exc:  # the run itself succeeded; record why the scoring did not

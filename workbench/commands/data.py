@@ -207,9 +207,8 @@ def split(args) -> int:
 
     cfg = DataConfig(source=args.source, dbdemos_dir=args.dbdemos_dir, cleaning=_steps(args),
                      eval_fraction=args.eval_fraction, split_seed=args.seed)
-    if args.map:
-        cfg.columns = _mapping(args, data.load_raw(args.source, args.dbdemos_dir))
-    prepared = data.prepare_dataset(cfg)
+    _, _, records = _records(args)
+    prepared = data.prepare_dataset(cfg, records)
     out = Path(args.out_dir).expanduser()
     data.write_jsonl(prepared.train, out / "train.jsonl")
     data.write_jsonl(prepared.eval, out / "eval.jsonl")

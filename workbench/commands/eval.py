@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import sys
 
-LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
-
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="Score a run (base vs fine-tuned) or the base model alone: perplexity, ROUGE, "
@@ -40,11 +38,10 @@ def _base_config(args):
 
 
 def _apply_overrides(cfg, args):
-    for attr, dest in (("max_examples", "max_examples"), ("max_new_tokens", "max_new_tokens"),
-                       ("batch_size", "batch_size")):
-        value = getattr(args, attr)
+    for name in ("max_examples", "max_new_tokens", "batch_size"):
+        value = getattr(args, name)
         if value is not None:
-            setattr(cfg.eval, dest, value)
+            setattr(cfg.eval, name, value)
     problems = cfg.validate()
     if problems:
         raise ValueError(" ".join(problems))
@@ -98,6 +95,8 @@ def run_eval(args) -> int:
 
 
 def format_table(metrics: dict) -> str:
+    from workbench.scoring import LABELS, format_value
+
     base, tuned, change = metrics["base"], metrics.get("tuned"), metrics.get("change_pct", {})
     lines = []
     leak = metrics.get("leakage") or {}
@@ -108,15 +107,11 @@ def format_table(metrics: dict) -> str:
     lines += [f"{metrics['eval_examples']} held-out questions, {metrics['answer_tokens']} reference answer tokens"
               f"{' (base results from cache)' if metrics.get('base_cached') else ''}", head, "-" * len(head)]
     for key, label in LABELS.items():
-        row = f"{label:12} {_num(key, base[key]):>10}"
+        row = f"{label:12} {format_value(key, base[key]):>10}"
         if tuned:
             pct = change.get(key)
-            row += f" {_num(key, tuned[key]):>11} {('%+.1f%%' % pct) if pct is not None else '—':>9}"
+            row += f" {format_value(key, tuned[key]):>11} {('%+.1f%%' % pct) if pct is not None else '—':>9}"
         lines.append(row)
     if tuned:
         lines.append("(perplexity: lower is better; ROUGE/BLEU: 0-1, higher is better)")
     return "\n".join(lines)
-
-
-def _num(key: str, value) -> str:
-    return "—" if value is None else (f"{value:.2f}" if key == "perplexity" else f"{value:.4f}")

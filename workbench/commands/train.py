@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def _config_from_args(args):
     return cfg
 
 
+def _train_here(run_dir: Path, resume: bool) -> int:
+    from workbench.train import main  # transformers and torch: only when this process trains
+
+    return main(run_dir, resume)
+
+
 def run_train(args) -> int:
     from workbench import jobs, runs
     from workbench.config import ConfigError
@@ -54,16 +61,13 @@ def run_train(args) -> int:
                 print(f"error: {run_dir} is not a run folder (no config.yaml).", file=sys.stderr)
                 return 1
             if args.background:
-                jobs.resume_run(run_dir.name) if args.resume else print("error: --background needs --resume "
-                                                                         "with --run-dir", file=sys.stderr)
+                if args.resume:
+                    jobs.resume_run(run_dir.name)
+                else:
+                    print("error: --background needs --resume with --run-dir", file=sys.stderr)
                 return 0
-            from workbench import paths
-            import os
-            os.environ.setdefault("WORKBENCH_RUNS_DIR", str(run_dir.parent))
-            if paths.runs_dir().resolve() != run_dir.parent:
-                os.environ["WORKBENCH_RUNS_DIR"] = str(run_dir.parent)
-            from workbench.train import main
-            return main(run_dir, args.resume)
+            os.environ["WORKBENCH_RUNS_DIR"] = str(run_dir.parent)  # the run's own runs folder, wherever it is
+            return _train_here(run_dir, args.resume)
         cfg = _config_from_args(args)
         if args.background:
             run_id = jobs.start_run(cfg)
@@ -74,8 +78,7 @@ def run_train(args) -> int:
             raise jobs.JobError(jobs.busy_message(busy))
         run_id = runs.create_run(cfg)
         print(f"run {run_id} in {runs.run_path(run_id)}")
-        from workbench.train import main
-        return main(runs.run_path(run_id), False)
+        return _train_here(runs.run_path(run_id), False)
     except ConfigError as e:
         print("\n".join(f"error: {m}" for m in e.messages), file=sys.stderr)
     except (DataError, runs.RunError, jobs.JobError) as e:
@@ -102,25 +105,26 @@ def run_list(args) -> int:
     return 0
 
 
-def run_stop(args) -> int:
+def _job_action(action, run_id: str, done: str) -> int:
     from workbench import jobs, runs
 
     try:
-        jobs.stop_run(args.run_id)
+        action(run_id)
     except (runs.RunError, jobs.JobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"stop requested for {args.run_id}; it saves a checkpoint and ends as 'stopped'")
+    print(done)
     return 0
+
+
+def run_stop(args) -> int:
+    from workbench import jobs
+
+    return _job_action(jobs.stop_run, args.run_id,
+                       f"stop requested for {args.run_id}; it saves a checkpoint and ends as 'stopped'")
 
 
 def run_resume(args) -> int:
-    from workbench import jobs, runs
+    from workbench import jobs
 
-    try:
-        jobs.resume_run(args.run_id)
-    except (runs.RunError, jobs.JobError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"resumed {args.run_id} in the background")
-    return 0
+    return _job_action(jobs.resume_run, args.run_id, f"resumed {args.run_id} in the background")

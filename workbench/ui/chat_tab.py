@@ -96,8 +96,7 @@ def _refresh(run_id, other):
     empty = "" if ids else ("No trained run yet: train one in the Train tab (or `python -m workbench train "
                             "--preset quick-demo-cpu`), then press Refresh.")
     return (gr.Dropdown(choices=choices, value=run_id), gr.Dropdown(choices=[BASE_CHOICE] + choices, value=other),
-            gr.Dataset(samples=[[q] for q in example_questions(run_id)]), tally_text(run_id, other),
-            (empty + "\n\n" if empty else "") + chat.policy_status())
+            *_run_changed(run_id, other), (empty + "\n\n" if empty else "") + chat.policy_status())
 
 
 def _run_changed(run_id, other):

@@ -2,6 +2,7 @@
 the formatted example exactly as the model sees it, leakage, export."""
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -25,9 +26,9 @@ def _empty_state():
 
 def _read(kind, path, upload):
     if kind.startswith("sample"):
-        return data.load_table(paths.SAMPLE_DATA), "the shipped sample"
+        return data.load_raw("sample"), "the shipped sample"
     if kind.startswith("dbdemos"):
-        return data.load_dbdemos(path.strip() or None), "dbdemos"
+        return data.load_raw("dbdemos", path), "dbdemos"
     if kind == "upload":
         if not upload:
             raise data.DataError("No file uploaded yet; drop a CSV, Parquet or JSONL file on the upload box.")
@@ -153,19 +154,25 @@ def _leak_html(title, report):
     return f"<div class='{css}'><b>{title}:</b> {data.leakage_message(report)}</div>"
 
 
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    """The embedded model's tokenizer, loaded once: the example view re-renders on every row change."""
+    from workbench.models import load_tokenizer
+
+    return load_tokenizer(EMBEDDED_MODEL)
+
+
 def _example(state, row_id, template, progress=gr.Progress()):
     table = state.get("table")
     if table is None or not row_id:
         return None, "*Pick a row id from the table to see exactly what the model is trained on.*"
     from workbench.formatting import marked_view
-    from workbench.models import load_tokenizer
 
-    progress(0.2, desc="Loading the tokenizer")
-    tok = load_tokenizer(EMBEDDED_MODEL)
     row = table[table["id"] == row_id]
     if row.empty:
         return None, f"Row {row_id} is not in the current table."
-    pieces = marked_view(row.iloc[0].to_dict(), tok, MAX_LENGTH, template)
+    progress(0.2, desc="Loading the tokenizer")
+    pieces = marked_view(row.iloc[0].to_dict(), _tokenizer(), MAX_LENGTH, template)
     n_loss = sum(1 for _, loss in pieces if loss)
     return ([(t, "loss" if loss else None) for t, loss in pieces],
             f"{len(pieces)} tokens; the **{n_loss} highlighted tokens** (the answer and its end-of-turn marker) "
@@ -176,10 +183,8 @@ def _token_stats(state, template, progress=gr.Progress()):
     table = state.get("table")
     if table is None:
         return "*Load data first.*", None
-    from workbench.models import load_tokenizer
-
     progress(0.1, desc="Loading the tokenizer")
-    stats = browse.token_stats(table, load_tokenizer(EMBEDDED_MODEL), MAX_LENGTH, template,
+    stats = browse.token_stats(table, _tokenizer(), MAX_LENGTH, template,
                                progress=lambda f, m: progress(f, desc=m))
     counts = pd.DataFrame({"question (whole prompt)": stats["prompt_tokens"], "answer": stats["answer_tokens"],
                            "whole example": stats["total_tokens"]})

@@ -104,13 +104,13 @@ def gate_views(demo: gr.Blocks) -> None:
 # -- header: login, who am I, storage ------------------------------------------------------------
 
 def whoami_text(request: gr.Request) -> str:
+    if not (os.environ.get("WORKBENCH_POLICY") or space.on_space()):
+        return ""  # local use without a policy: nothing to say
     name, r = username(request), role(request)
     what = {"admin": "admin: may train, evaluate, push and change data",
             "reviewer": "reviewer: may chat and vote",
             "visitor": "read-only view",
             "none": "no access — log in with an allowed account"}[r]
-    if not (os.environ.get("WORKBENCH_POLICY") or space.on_space()):
-        return ""  # local use without a policy: nothing to say
     who = f"Signed in as <b>{html.escape(name)}</b>" if name else "Not signed in"
     return f"<div id='wb-whoami'>{who} · {what}</div>"
 

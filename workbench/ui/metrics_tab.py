@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from workbench import evaluate, jobs, reviews, runs, scoring
 from workbench.ui import guard
 
-LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
+LABELS = scoring.LABELS
 SUMMARY_HEADERS = ["Metric", "Base", "Fine-tuned", "Change %"]
 EXAMPLE_HEADERS = ["Question", "Reference", "Base answer", "Fine-tuned answer", "ROUGE-L base", "ROUGE-L tuned",
                    "ROUGE-L change"]
@@ -27,10 +27,7 @@ EMPTY = ("<div class='wb-empty' id='metrics-empty'>No run has metrics yet. Train
 
 # -- what to show (plain data; no widgets) ----------------------------------------------------
 
-def _fmt(key: str, value) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2f}" if key == "perplexity" else f"{value:.4f}"
+_fmt = scoring.format_value
 
 
 def _change_text(key: str, pct) -> str:
@@ -177,10 +174,19 @@ def notice_html(run_id: str | None, metrics: dict | None) -> str:
     return "".join(parts)
 
 
-def run_choices() -> tuple[list[tuple[str, str]], str | None]:
+def _listing() -> tuple[list[dict], dict[str, float]]:
+    """Every run (newest first) and, for each scored one, the modification time of its metrics.json."""
+    listed, scored = runs.list_runs(), {}
+    for r in listed:
+        p = paths_metrics(r["id"])
+        if p.is_file():
+            scored[r["id"]] = p.stat().st_mtime
+    return listed, scored
+
+
+def run_choices(listing=None) -> tuple[list[tuple[str, str]], str | None]:
     """(label, run id) for every run, scored ones marked; default: the newest scored run, else the newest."""
-    listed = runs.list_runs()
-    scored = {r["id"] for r in listed if (paths_metrics(r["id"])).is_file()}
+    listed, scored = listing or _listing()
     choices = [(f"{r['id']} · {r['state']}{' · scored' if r['id'] in scored else ''}", r["id"]) for r in listed]
     default = next((r["id"] for r in listed if r["id"] in scored), listed[0]["id"] if listed else None)
     return choices, default
@@ -221,28 +227,35 @@ def _render(run_id, query, order):
             loss_chart(events), examples_table(predictions, query, order))
 
 
+def _examples(run_id, query, order):
+    return examples_table(evaluate.read_predictions(run_id) if run_id else [], query, order)
+
+
 def _refresh(selected):
-    choices, default = run_choices()
-    ids = [c[1] for c in choices]
+    return _pick_updates(selected, _listing())
+
+
+def _pick_updates(selected, listing):
+    """The run dropdown (keeping `selected` while it exists) and the scored runs offered for comparison."""
+    listed, scored = listing
+    choices, default = run_choices(listing)
+    ids = [r["id"] for r in listed]
     value = selected if selected in ids else default
-    scored = [i for i in ids if paths_metrics(i).is_file()]
-    return gr.update(choices=choices, value=value), gr.update(choices=scored)
+    return gr.update(choices=choices, value=value), gr.update(choices=[i for i in ids if i in scored])
 
 
-def _signature(run_id) -> str:
-    """Cheap 'did anything change?' key for the timer: run ids and metrics file times."""
-    parts = []
-    for r in runs.list_runs():
-        p = paths_metrics(r["id"])
-        parts.append(f"{r['id']}:{r['state']}:{p.stat().st_mtime if p.is_file() else 0}")
-    return f"{run_id}|" + ",".join(parts)
+def _signature(run_id, listing) -> str:
+    """Cheap 'did anything change?' key for the timer: run ids, states and metrics file times."""
+    listed, scored = listing
+    return f"{run_id}|" + ",".join(f"{r['id']}:{r['state']}:{scored.get(r['id'], 0)}" for r in listed)
 
 
 def _poll(run_id, query, order, seen):
-    key = _signature(run_id)
+    listing = _listing()  # one pass over the runs serves both the change check and the refreshed lists
+    key = _signature(run_id, listing)
     if key == seen:
         return (gr.skip(),) * 8
-    pick, compare = _refresh(run_id)
+    pick, compare = _pick_updates(run_id, listing)
     return (key, pick, compare, *_render(run_id, query, order))
 
 
@@ -308,10 +321,8 @@ def build(demo: gr.Blocks) -> None:
 
     view_out = [notice, summary, chart, losses, examples]
     run_pick.change(_render, [run_pick, search, order], view_out)
-    search.submit(lambda p, q, o: examples_table(evaluate.read_predictions(p) if p else [], q, o),
-                  [run_pick, search, order], examples)
-    order.change(lambda p, q, o: examples_table(evaluate.read_predictions(p) if p else [], q, o),
-                 [run_pick, search, order], examples)
+    search.submit(_examples, [run_pick, search, order], examples)
+    order.change(_examples, [run_pick, search, order], examples)
     compare.change(lambda ids: (compare_table(ids), compare_chart(ids)), compare, [compare_df, compare_plot])
     refresh_btn.click(_refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
     eval_btn.click(_evaluate, run_pick, run_pick, concurrency_limit=1, concurrency_id="metrics-eval").then(
