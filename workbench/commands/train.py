@@ -61,10 +61,10 @@ def run_train(args) -> int:
                 print(f"error: {run_dir} is not a run folder (no config.yaml).", file=sys.stderr)
                 return 1
             if args.background:
-                if args.resume:
-                    jobs.resume_run(run_dir.name)
-                else:
+                if not args.resume:
                     print("error: --background needs --resume with --run-dir", file=sys.stderr)
+                    return 1
+                jobs.resume_run(run_dir.name)
                 return 0
             os.environ["WORKBENCH_RUNS_DIR"] = str(run_dir.parent)  # the run's own runs folder, wherever it is
             return _train_here(run_dir, args.resume)
