@@ -28,7 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     auth = parse_auth(args.auth)
 
-    from workbench import safety, space
+    from workbench import safety
+    from workbench.deploy import space
 
     for note in space.configure_runtime():  # on a Space: policy from space.yaml, storage on the mounted volume
         print(note, flush=True)

@@ -54,7 +54,7 @@ def random_adapter(model_config, path: Path, r: int = 16, seed: int = 0) -> Path
 
 def time_pair(held, names, prompts, max_new_tokens: int) -> dict:
     """One side-by-side answer through chat.stream_pair: first token and tokens/s of each column."""
-    from workbench import chat
+    from workbench.chat import session as chat
 
     t0 = time.perf_counter()
     with held.lock:
@@ -95,7 +95,7 @@ def summarize(label: str, results: list[dict], extra: dict | None = None) -> dic
 def cpu_bench(max_new_tokens: int, repeats: int) -> None:
     import torch
 
-    from workbench import chat
+    from workbench.chat import session as chat
     from workbench.config import ModelConfig
 
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def time_generate(model, batch: int, prompt_len: int, new_tokens: int, **kwargs)
 def mistral_bench(layers: int, device: str, prompt_len: int, new_tokens: int) -> None:
     import torch
 
-    from workbench import chat
+    from workbench.chat import session as chat
     from workbench.config import ModelConfig
 
     folder = build_mistral_shape(Path(os.environ.get("MISTRAL_SHAPE_DIR", f"/tmp/mistral-shape-{layers}L")),

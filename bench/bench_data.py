@@ -11,7 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workbench import browse, cleaning, data, paths  # noqa: E402
+from workbench import paths  # noqa: E402
+from workbench.data import browse
+from workbench.data import cleaning
+from workbench.data import dataset as data
 from workbench.config import EMBEDDED_MODEL, DataConfig  # noqa: E402
 from workbench.models import load_tokenizer  # noqa: E402
 

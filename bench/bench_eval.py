@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workbench import paths, scoring  # noqa: E402
+from workbench import paths  # noqa: E402
+from workbench.evaluation import scoring
 from workbench.config import ModelConfig  # noqa: E402
-from workbench.data import read_jsonl  # noqa: E402
+from workbench.data.dataset import read_jsonl  # noqa: E402
 
 
 def main() -> int:

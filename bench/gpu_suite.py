@@ -82,7 +82,8 @@ def build_random_mistral() -> Path:
 def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: bool = True, processes: int = 1) -> dict:
     import torch
 
-    from workbench import runs, train
+    from workbench import runs
+    from workbench.training import recipe as train
     from workbench.config import preset
 
     cfg = preset("seed-mistral-7b-gpu")

@@ -45,7 +45,7 @@ def recipe(args):
 
 
 def markdown(metrics: dict) -> str:
-    from workbench.scoring import LABELS
+    from workbench.evaluation.scoring import LABELS
 
     lines = ["| Metric | Base | Fine-tuned | Change | Seed (Mistral-7B) base → tuned |", "|---|---|---|---|---|"]
     for key, label in LABELS.items():
@@ -78,8 +78,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["WORKBENCH_HOME"] = args.home or tempfile.mkdtemp(prefix="quality-run-")
 
-    from workbench import evaluate, runs
-    from workbench.train import main as train_main
+    from workbench import runs
+    from workbench.evaluation import evaluate
+    from workbench.training.recipe import main as train_main
 
     cfg = recipe(args)
     run_id = runs.create_run(cfg)

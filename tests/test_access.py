@@ -17,7 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import pytest
 
 from conftest import REPO, AppServer
-from workbench import access
+from workbench.deploy import access
 
 pytestmark = pytest.mark.integration
 

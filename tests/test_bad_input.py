@@ -11,7 +11,7 @@ import pytest
 import gradio as gr
 
 from conftest import run_cli
-from workbench import data
+from workbench.data import dataset as data
 from workbench.config import DataConfig
 
 GOOD = "question,answer\nWhat is Delta Lake?,A storage format with a transaction log.\n"

@@ -38,7 +38,7 @@ def test_blind_review_in_the_browser(adapter_runs, app_server, page):
     expect(page.locator("#chat-tally")).to_contain_text("1 vote")
     expect(page.locator("#chat-left-head")).to_contain_text("Left —")
 
-    from workbench import reviews
+    from workbench.evaluation import reviews
 
     (vote,) = reviews.votes(RUN_B)
     assert (vote["reviewer"], vote["choice"], vote["comment"]) == ("bea", "left", "left reads better")

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from test_eval_run import adapter_dir, build_run  # noqa: F401 (adapter_dir is a fixture)
-from workbench import evaluate
+from workbench.evaluation import evaluate
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

@@ -11,7 +11,9 @@ import pytest
 from conftest import run_cli
 from test_chat_support import (QUESTION, RUN_A, RUN_B, _built_runs, adapter_runs,  # noqa: F401
                                plain_base_answer)
-from workbench import chat, jobs, paths, runs
+from workbench import paths, runs
+from workbench.chat import session as chat
+from workbench.training import jobs
 from workbench.config import EMBEDDED_MODEL, RunConfig
 
 

@@ -6,7 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from workbench import browse, cleaning, data
+from workbench.data import browse
+from workbench.data import cleaning
+from workbench.data import dataset as data
 from workbench.config import DataConfig
 
 PAIRS = [{"question": f"How do I use feature {i} in Databricks?",

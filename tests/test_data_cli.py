@@ -11,8 +11,9 @@ import threading
 import pytest
 
 from conftest import free_port, run_cli
-from workbench import data, dbdemos
-from workbench.data_load import DBDEMOS_FILES
+from workbench.data import dataset as data
+from workbench.data import dbdemos
+from workbench.data.loading import DBDEMOS_FILES
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,9 @@ import pytest
 from huggingface_hub import HfApi, SpaceRuntime
 
 from conftest import run_cli
-from workbench import hub_export, runs, space_deploy
+from workbench import runs
+from workbench.deploy import hub_export
+from workbench.deploy import space_deploy
 from workbench.config import preset
 
 TOKEN = "hf_" + "S3cr3tT0kenValue" * 3

@@ -11,7 +11,9 @@ import pytest
 from safetensors.torch import load_file
 
 from test_train_runs import steps_of, tiny_config, wait_for, wait_state
-from workbench import distributed, jobs, runs
+from workbench import runs
+from workbench.training import distributed
+from workbench.training import jobs
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from conftest import run_cli
-from workbench import evaluate, runs
+from workbench import runs
+from workbench.evaluation import evaluate
 
 pytestmark = pytest.mark.integration
 

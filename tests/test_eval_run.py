@@ -11,9 +11,10 @@ import shutil
 import pytest
 
 from conftest import run_cli
-from workbench import evaluate, paths, runs
+from workbench import paths, runs
+from workbench.evaluation import evaluate
 from workbench.config import preset
-from workbench.data import read_jsonl, write_jsonl
+from workbench.data.dataset import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.integration
 

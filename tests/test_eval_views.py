@@ -10,7 +10,9 @@ import json
 import pandas as pd
 import pytest
 
-from workbench import evaluate, paths, reviews, runs
+from workbench import paths, runs
+from workbench.evaluation import evaluate
+from workbench.evaluation import reviews
 from workbench.config import RunConfig
 from workbench.ui import metrics_tab
 

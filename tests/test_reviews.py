@@ -11,7 +11,7 @@ from contextlib import closing
 import pytest
 
 from conftest import REPO, run_cli
-from workbench import reviews
+from workbench.evaluation import reviews
 
 RUN = "20250101-000000-tuned"
 
@@ -72,7 +72,7 @@ def test_bad_votes_are_refused_with_a_reason(kwargs, message):
 
 WRITER = """
 import sys, threading
-from workbench import reviews
+from workbench.evaluation import reviews
 proc, threads, per_thread = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def work(t):
     for i in range(per_thread):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from workbench import scoring
+from workbench.evaluation import scoring
 
 
 def test_rouge_matches_hand_computed_values():

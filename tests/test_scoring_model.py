@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from workbench import scoring
+from workbench.evaluation import scoring
 from workbench.formatting import IGNORE_INDEX, answer_suffix, tokenize_example
 
 pytestmark = pytest.mark.integration

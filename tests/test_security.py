@@ -74,7 +74,7 @@ def test_uploads_have_a_size_limit_and_must_be_plain_files(tmp_path, monkeypatch
 
 
 def test_data_loader_refuses_files_over_the_limit(tmp_path, monkeypatch):
-    from workbench import data_load
+    from workbench.data import loading as data_load
 
     f = tmp_path / "qa.jsonl"
     f.write_text('{"question": "q", "answer": "a"}\n' * 40_000)  # ~1.3 MB
@@ -123,7 +123,7 @@ def test_redact_hides_secrets_from_env_extra_and_token_shapes():
 
 def test_model_card_and_deploy_log_are_redacted(monkeypatch, tmp_path):
     """Secrets in the environment never reach the deploy plan text or its log."""
-    from workbench import space_deploy
+    from workbench.deploy import space_deploy
 
     secret = "hf_" + "Q" * 36
     monkeypatch.setenv("HF_TOKEN", secret)

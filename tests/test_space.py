@@ -6,7 +6,8 @@ import textwrap
 import pytest
 import yaml
 
-from workbench import space, space_deploy
+from workbench.deploy import space
+from workbench.deploy import space_deploy
 from workbench.config import EMBEDDED_MODEL, MISTRAL_7B
 
 REPO_SPACE_YAML = space.DEFAULT_FILE
@@ -176,7 +177,7 @@ def test_policy_roles_are_case_insensitive_and_fail_closed(tmp_path):
 
 
 def test_access_uses_policy_file_and_refuses_when_it_is_broken(tmp_path, monkeypatch):
-    from workbench import access
+    from workbench.deploy import access
 
     assert access.role_of("whoever") == "admin"  # local, no policy: everyone may do everything
     path = tmp_path / "space.yaml"
@@ -196,7 +197,7 @@ def test_access_uses_policy_file_and_refuses_when_it_is_broken(tmp_path, monkeyp
 
 
 def test_on_a_space_without_policy_everything_is_locked(monkeypatch):
-    from workbench import access
+    from workbench.deploy import access
 
     monkeypatch.setenv("SPACE_ID", "alice/forge")
     with pytest.raises(access.AccessDenied):

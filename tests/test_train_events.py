@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from workbench import estimate
+from workbench.training import estimate
 from workbench.config import MISTRAL_7B, preset
-from workbench.events import fold, reduce
+from workbench.training.events import fold, reduce
 
 
 def log(step, **metrics):
@@ -91,8 +91,8 @@ def test_model_shape_known_and_guessed():
 def test_failure_reasons_name_the_fix():
     import torch
 
-    from workbench.data import DataError
-    from workbench.failures import NonFiniteLoss, explain
+    from workbench.data.dataset import DataError
+    from workbench.training.failures import NonFiniteLoss, explain
     from workbench.models import ModelNotAvailable
 
     cfg = preset("seed-mistral-7b-gpu")
@@ -108,7 +108,7 @@ def test_failure_reasons_name_the_fix():
 def test_cli_for_config_round_trips_through_the_cli_parser():
     import shlex
 
-    from workbench import jobs
+    from workbench.training import jobs
     from workbench.cli import build_parser
     from workbench.commands.train import _config_from_args
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from workbench import jobs, runs
+from workbench import runs
+from workbench.training import jobs
 from workbench.config import preset
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workbench import distributed, paths, safety
+from workbench import paths, safety
+from workbench.training import distributed
 from workbench.config import RunConfig
 
 ACTIVE_STATES = ("queued", "running", "stopping")
@@ -57,7 +58,7 @@ def new_run_id(name: str = "") -> str:
 
 def create_run(cfg: RunConfig) -> str:
     """Validate the config, prepare the data and write a new run folder in state 'queued'."""
-    from workbench.data import prepare_dataset, write_jsonl
+    from workbench.data.dataset import prepare_dataset, write_jsonl
 
     problems = cfg.validate()
     if problems:

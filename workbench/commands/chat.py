@@ -24,7 +24,8 @@ def register(sub) -> None:
 
 
 def run_chat(args) -> int:
-    from workbench import chat, runs
+    from workbench import runs
+    from workbench.chat import session as chat
 
     settings = chat.ChatSettings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens, seed=args.seed)

@@ -80,7 +80,7 @@ def register(sub) -> None:
 def _handled(fn):
     """Bad data or paths print one 'error: ...' line (exit 1), never a traceback."""
     def wrapper(args) -> int:
-        from workbench.data import DataError
+        from workbench.data.dataset import DataError
 
         try:
             return fn(args)
@@ -92,7 +92,7 @@ def _handled(fn):
 
 
 def _mapping(args, raw) -> dict:
-    from workbench.data import RECORD_COLUMNS, DataError, guess_mapping
+    from workbench.data.dataset import RECORD_COLUMNS, DataError, guess_mapping
 
     mapping = guess_mapping(raw.columns)
     for item in args.map:
@@ -105,7 +105,7 @@ def _mapping(args, raw) -> dict:
 
 def _records(args):
     """(raw table, mapping, mapped records) for SOURCE."""
-    from workbench.data import apply_mapping, load_raw
+    from workbench.data.dataset import apply_mapping, load_raw
 
     raw = load_raw(args.source, args.dbdemos_dir)
     mapping = _mapping(args, raw)
@@ -113,7 +113,7 @@ def _records(args):
 
 
 def _steps(args) -> list[str]:
-    from workbench.cleaning import check_steps
+    from workbench.data.cleaning import check_steps
 
     steps = [s.strip() for s in (args.steps or "").split(",") if s.strip()]
     check_steps(steps)
@@ -122,7 +122,9 @@ def _steps(args) -> list[str]:
 
 @_handled
 def inspect(args) -> int:
-    from workbench import browse, cleaning, data
+    from workbench.data import browse
+    from workbench.data import cleaning
+    from workbench.data import dataset as data
 
     raw, mapping, records = _records(args)
     steps = _steps(args)
@@ -146,7 +148,7 @@ def inspect(args) -> int:
 
 
 def _print_inspect(r: dict) -> None:
-    from workbench.data import leakage_message
+    from workbench.data.dataset import leakage_message
 
     enc = f" (decoded as {r['encoding']}, not UTF-8 — save it as UTF-8 to be sure)" if r["encoding"] == "cp1252" else ""
     print(f"Source: {r['source']} — {r['rows']:,} rows{enc}")
@@ -178,7 +180,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 @_handled
 def clean(args) -> int:
-    from workbench import cleaning, data
+    from workbench.data import cleaning
+    from workbench.data import dataset as data
 
     if not args.dry_run and not args.out:
         raise data.DataError("Give --out FILE.jsonl for the cleaned data (or --dry-run to only see the changes).")
@@ -202,7 +205,7 @@ def clean(args) -> int:
 
 @_handled
 def split(args) -> int:
-    from workbench import data
+    from workbench.data import dataset as data
     from workbench.config import DataConfig
 
     cfg = DataConfig(source=args.source, dbdemos_dir=args.dbdemos_dir, cleaning=_steps(args),
@@ -220,7 +223,7 @@ def split(args) -> int:
 
 def _tokenizer(model: str):
     from workbench.config import EMBEDDED_MODEL
-    from workbench.data import DataError
+    from workbench.data.dataset import DataError
     from workbench.models import load_tokenizer
 
     try:
@@ -243,7 +246,8 @@ def marked_text(pieces) -> str:
 
 @_handled
 def preview(args) -> int:
-    from workbench import cleaning, data
+    from workbench.data import cleaning
+    from workbench.data import dataset as data
     from workbench.formatting import marked_view
 
     _, _, records = _records(args)
@@ -259,7 +263,7 @@ def preview(args) -> int:
 
 @_handled
 def leakage(args) -> int:
-    from workbench import data
+    from workbench.data import dataset as data
 
     _, _, train = _records(args)
     eval_ = data.apply_mapping(data.load_raw(args.eval_source, args.dbdemos_dir))
@@ -273,8 +277,8 @@ def leakage(args) -> int:
 
 @_handled
 def fetch_dbdemos(args) -> int:
-    from workbench import dbdemos
-    from workbench.data import DataError
+    from workbench.data import dbdemos
+    from workbench.data.dataset import DataError
 
     if args.show_licence:
         print(dbdemos.licence_text(args.timeout))

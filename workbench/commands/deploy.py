@@ -17,7 +17,9 @@ def register(sub) -> None:
 
 
 def run_deploy(args) -> int:
-    from workbench import hub_export, space, space_deploy
+    from workbench.deploy import hub_export
+    from workbench.deploy import space
+    from workbench.deploy import space_deploy
 
     try:
         space_deploy.deploy(args.config, dry_run=args.dry_run, wait=not args.no_wait)

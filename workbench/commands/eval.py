@@ -65,7 +65,8 @@ class _Bar:
 
 
 def run_eval(args) -> int:
-    from workbench import evaluate, runs
+    from workbench import runs
+    from workbench.evaluation import evaluate
 
     if args.run and (args.model or args.data):
         print("error: --model and --data go with --base; a run is scored with its own model and held-out split.",
@@ -95,7 +96,7 @@ def run_eval(args) -> int:
 
 
 def format_table(metrics: dict) -> str:
-    from workbench.scoring import LABELS, format_value
+    from workbench.evaluation.scoring import LABELS, format_value
 
     base, tuned, change = metrics["base"], metrics.get("tuned"), metrics.get("change_pct", {})
     lines = []

@@ -19,7 +19,8 @@ def register(sub) -> None:
 
 
 def run_push(args) -> int:
-    from workbench import hub_export, runs
+    from workbench import runs
+    from workbench.deploy import hub_export
 
     try:
         hub_export.push(args.run, args.repo, merged=args.merged, private=args.private, dry_run=args.dry_run)

@@ -20,7 +20,8 @@ def register(sub) -> None:
 def run_reviews(args) -> int:
     import sqlite3
 
-    from workbench import reviews, runs
+    from workbench import runs
+    from workbench.evaluation import reviews
 
     try:
         run_ids = [runs.validate_run_id(args.run)] if args.run else reviews.reviewed_runs()

@@ -44,15 +44,16 @@ def _config_from_args(args):
 
 
 def _train_here(run_dir: Path, resume: bool) -> int:
-    from workbench.train import main  # transformers and torch: only when this process trains
+    from workbench.training.recipe import main  # transformers and torch: only when this process trains
 
     return main(run_dir, resume)
 
 
 def run_train(args) -> int:
-    from workbench import jobs, runs
+    from workbench import runs
+    from workbench.training import jobs
     from workbench.config import ConfigError
-    from workbench.data import DataError
+    from workbench.data.dataset import DataError
 
     try:
         if args.run_dir:
@@ -106,7 +107,8 @@ def run_list(args) -> int:
 
 
 def _job_action(action, run_id: str, done: str) -> int:
-    from workbench import jobs, runs
+    from workbench import runs
+    from workbench.training import jobs
 
     try:
         action(run_id)
@@ -118,13 +120,13 @@ def _job_action(action, run_id: str, done: str) -> int:
 
 
 def run_stop(args) -> int:
-    from workbench import jobs
+    from workbench.training import jobs
 
     return _job_action(jobs.stop_run, args.run_id,
                        f"stop requested for {args.run_id}; it saves a checkpoint and ends as 'stopped'")
 
 
 def run_resume(args) -> int:
-    from workbench import jobs
+    from workbench.training import jobs
 
     return _job_action(jobs.resume_run, args.run_id, f"resumed {args.run_id} in the background")

@@ -8,7 +8,9 @@ import threading
 
 import gradio as gr
 
-from workbench import chat, reviews, runs
+from workbench import runs
+from workbench.chat import session as chat
+from workbench.evaluation import reviews
 from workbench.formatting import user_message
 from workbench.ui import guard
 

@@ -10,7 +10,11 @@ import gradio as gr
 import pandas as pd
 import plotly.express as px
 
-from workbench import browse, cleaning, data, dbdemos, paths
+from workbench import paths
+from workbench.data import browse
+from workbench.data import cleaning
+from workbench.data import dataset as data
+from workbench.data import dbdemos
 from workbench.config import EMBEDDED_MODEL, DataConfig
 from workbench.ui import guard
 

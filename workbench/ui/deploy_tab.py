@@ -6,7 +6,10 @@ import os
 
 import gradio as gr
 
-from workbench import hub_export, paths, runs, space, space_deploy
+from workbench import paths, runs
+from workbench.deploy import hub_export
+from workbench.deploy import space
+from workbench.deploy import space_deploy
 from workbench.safety import UnsafeInput, redact, safe_join
 from workbench.ui import guard
 

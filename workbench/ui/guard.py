@@ -17,7 +17,8 @@ import time
 
 import gradio as gr
 
-from workbench import access, space
+from workbench.deploy import access
+from workbench.deploy import space
 
 
 def oauth_username(request: gr.Request | None) -> str | None:

@@ -11,7 +11,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench import evaluate, jobs, reviews, runs, scoring
+from workbench import runs
+from workbench.evaluation import evaluate
+from workbench.training import jobs
+from workbench.evaluation import reviews
+from workbench.evaluation import scoring
 from workbench.ui import guard
 
 LABELS = scoring.LABELS

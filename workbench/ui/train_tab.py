@@ -9,10 +9,13 @@ import yaml
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench import estimate, jobs, runs, space
-from workbench import events as events_mod
+from workbench import runs
+from workbench.training import estimate
+from workbench.training import jobs
+from workbench.deploy import space
+from workbench.training import events as events_mod
 from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, coerce, iter_fields, preset
-from workbench.data import DataError
+from workbench.data.dataset import DataError
 from workbench.ui import guard
 
 MODEL_CHOICES = [EMBEDDED_MODEL, MISTRAL_7B]
@@ -97,7 +100,7 @@ def _start(request: gr.Request, model, preset_name, *values):
 
 def _free_chat_memory() -> None:
     """A run about to start gets the memory the Chat tab holds (the stated GPU policy: training first)."""
-    from workbench import chat
+    from workbench.chat import session as chat
 
     chat.release()
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from workbench import paths
 from workbench.config import DataConfig
-from workbench.data_load import DataError, load_dbdemos, load_table  # noqa: F401 (re-exported)
+from workbench.data.loading import DataError, load_dbdemos, load_table, normalize  # noqa: F401 (re-exported)
 
 RECORD_COLUMNS = ["instruction", "input", "output", "context"]
 
@@ -112,14 +112,6 @@ def load_source(data_cfg: DataConfig) -> pd.DataFrame:
 
 # -- split and leakage ------------------------------------------------------------------------
 
-def normalize(text: str) -> str:
-    """Lowercase, strip quotes/numbering/punctuation and collapse spaces, for duplicate and leak checks."""
-    t = str(text).lower().strip().strip("\"'“”‘’` ")
-    t = re.sub(r"^\s*\d+[.)]\s+", "", t)
-    t = re.sub(r"[^\w\s]", " ", t)
-    return re.sub(r"\s+", " ", t).strip()
-
-
 def split(df: pd.DataFrame, eval_fraction: float, seed: int) -> pd.Series:
     """'train'/'eval' per row, by a hash of the row's duplicate group: rows that share a normalized question
     or a normalized answer always land on the same side, so the split itself cannot leak."""
@@ -185,7 +177,7 @@ def prepare_dataset(data_cfg: DataConfig, records: pd.DataFrame | None = None) -
 
     `records`: the mapped table of `data_cfg.source` when the caller has loaded it already (not re-read).
     """
-    from workbench.cleaning import apply_steps
+    from workbench.data.cleaning import apply_steps
 
     df = load_source(data_cfg) if records is None else records
     loaded, empty = len(df), df.attrs.get("empty_rows_dropped", 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from workbench import space
+from workbench.deploy import space
 
 ADMIN_ACTIONS = {"train", "stop", "resume", "delete", "eval", "push", "clean_data", "export", "deploy"}
 REVIEW_ACTIONS = {"chat", "vote"}

@@ -14,7 +14,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from workbench import models, paths, runs, scoring
+from workbench import models, paths, runs
+from workbench.evaluation import scoring
 from workbench.config import RunConfig
 
 CACHE_VERSION = 1  # bump when scoring changes so old cached base results are not reused
@@ -43,7 +44,7 @@ def _phase(progress, name: str, label: str):
 
 def eval_records(run_dir: Path, cfg: RunConfig) -> list[dict]:
     """The run's held-out split (data/eval.jsonl), capped at eval.max_examples."""
-    from workbench.data import read_jsonl
+    from workbench.data.dataset import read_jsonl
 
     path = run_dir / "data" / "eval.jsonl"
     if not path.is_file():
@@ -68,7 +69,7 @@ def leakage_report(run_dir: Path, records: list[dict]) -> dict:
     """Eval rows whose normalized question or answer also occurs in the run's training data."""
     import pandas as pd
 
-    from workbench.data import leakage, leakage_message, read_jsonl
+    from workbench.data.dataset import leakage, leakage_message, read_jsonl
 
     train_path = run_dir / "data" / "train.jsonl"
     if not train_path.is_file():
@@ -289,7 +290,7 @@ def read_metrics(run_id: str) -> dict | None:
 
 
 def read_predictions(run_id: str) -> list[dict]:
-    from workbench.data import read_jsonl
+    from workbench.data.dataset import read_jsonl
 
     try:
         return read_jsonl(runs.run_path(run_id) / "predictions.jsonl")
@@ -301,7 +302,7 @@ def read_predictions(run_id: str) -> list[dict]:
 
 def evaluate_base(cfg: RunConfig, progress=None, device: str | None = None, use_cache: bool = True) -> dict:
     """Score the base model alone on the eval split `cfg.data` produces (the split a run with it gets)."""
-    from workbench.data import DataError, leakage_message, prepare_dataset
+    from workbench.data.dataset import DataError, leakage_message, prepare_dataset
 
     try:
         prepared = prepare_dataset(cfg.data)

@@ -12,8 +12,10 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from workbench import estimate, jobs, models, runs
-from workbench.chat_stream import PEFT_BASE, ChatError, ChatSettings, PairUpdate, stream_pair  # noqa: F401
+from workbench import models, runs
+from workbench.training import estimate
+from workbench.training import jobs
+from workbench.chat.streaming import PEFT_BASE, ChatError, ChatSettings, PairUpdate, stream_pair  # noqa: F401
 from workbench.config import ModelConfig
 from workbench.formatting import prompt_text
 

@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from workbench.data import DataError, normalize
+from workbench.data.loading import DataError, normalize
 
 SHORT_ANSWER_CHARS = 20
 

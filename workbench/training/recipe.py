@@ -11,10 +11,12 @@ import signal
 import traceback
 from pathlib import Path
 
-from workbench import distributed, jobs, runs
+from workbench import runs
+from workbench.training import distributed
+from workbench.training import jobs
 from workbench.config import RunConfig
-from workbench.callback import RunCallback
-from workbench.failures import StopRequested, explain
+from workbench.training.callback import RunCallback
+from workbench.training.failures import StopRequested, explain
 from workbench.safety import redact
 
 
@@ -89,7 +91,7 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
     """Train the run in `run_dir` in this process. Returns the final state."""
     from transformers import Trainer
 
-    from workbench.data import read_jsonl
+    from workbench.data.dataset import read_jsonl
 
     run_id = run_dir.name
     rank_of_many = distributed.inside_launch()  # one of several processes started by the supervisor
@@ -186,7 +188,7 @@ def _stop_on_sigterm(run_dir: Path) -> None:
 def _evaluate_after_training(run_id: str, cfg: RunConfig) -> None:
     if not cfg.eval.run_after_training:
         return
-    from workbench.evaluate import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     try:
         evaluate_run(run_id)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workbench.cleaning import duplicate_rows, flag_rows
-from workbench.data import split
+from workbench.data.cleaning import duplicate_rows, flag_rows
+from workbench.data.dataset import split
 
 VIEWS = ("all rows", "duplicates", "flagged by cleaning", "train split", "eval split")
 

@@ -21,7 +21,7 @@ import yaml
 
 from workbench import paths
 from workbench.safety import redact
-from workbench.space import FREE_FLAVORS, SpaceSpec, load_spec
+from workbench.deploy.space import FREE_FLAVORS, SpaceSpec, load_spec
 
 PYTHON_VERSION = "3.11"
 # Flavors the Spaces config reference accepts for README `suggested_hardware`.
@@ -307,7 +307,7 @@ def deploy(config_path: str | Path, dry_run: bool = False, api=None, env=None, l
     if PLACEHOLDER in spec.space_id or any(PLACEHOLDER in str(a) for a in spec.admins):
         raise DeployError(f"{config_path} still says '{PLACEHOLDER}': put your Hugging Face username in space_id and "
                           f"access.admins (and the volume source), then deploy again.")
-    from workbench import hub_export
+    from workbench.deploy import hub_export
 
     api = api if api is not None else hub_export.hub_api(env)
     with tempfile.TemporaryDirectory(prefix="wb-space-") as tmp:

@@ -13,13 +13,13 @@ class StopRequested(RuntimeError):
 
 
 def explain(exc: BaseException, cfg: RunConfig) -> str:
-    from workbench.data import DataError
+    from workbench.data.dataset import DataError
     from workbench.models import ModelNotAvailable
 
     name = type(exc).__name__
     text = str(exc)
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
-        from workbench.estimate import estimate_vram_gb
+        from workbench.training.estimate import estimate_vram_gb
 
         need = estimate_vram_gb(cfg)
         return (f"The GPU ran out of memory (the estimate for this setup was about {need:.1f} GB). Try: a smaller "

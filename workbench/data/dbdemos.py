@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from workbench.data_load import DBDEMOS_FILES, DataError, load_dbdemos
+from workbench.data.loading import DBDEMOS_FILES, DataError, load_dbdemos
 
 REPO = "databricks-demos/dbdemos-dataset"
 SNAPSHOT = "87481b4c872242df41dca64a1f60473a3754cd2d"

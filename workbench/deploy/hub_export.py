@@ -12,10 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from workbench import evaluate, runs
+from workbench import runs
+from workbench.evaluation import evaluate
 from workbench.config import EMBEDDED_MODEL
 from workbench.safety import redact
-from workbench.space import REPO_ID
+from workbench.deploy.space import REPO_ID
 
 EMBEDDED_HUB_IDS = {EMBEDDED_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 DBDEMOS_NOTE = ("The training data is the dbdemos Databricks documentation Q&A set "

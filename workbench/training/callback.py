@@ -11,10 +11,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from workbench import distributed, runs
+from workbench import runs
+from workbench.training import distributed
 from workbench.config import RunConfig
-from workbench.events import _number
-from workbench.failures import NonFiniteLoss
+from workbench.training.events import _number
+from workbench.training.failures import NonFiniteLoss
 
 
 class RunCallback(TrainerCallback):

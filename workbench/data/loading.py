@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -250,3 +251,11 @@ def load_dbdemos(folder: str | Path | None = None) -> pd.DataFrame:
         raise DataError(f"No question in {q_path.name} matches an answer in {a_path.name} (question.id == "
                         f"answer.question_id); download the files again.")
     return df.rename(columns={"id": "source_id"})
+
+
+def normalize(text: str) -> str:
+    """Lowercase, strip quotes/numbering/punctuation and collapse spaces, for duplicate and leak checks."""
+    t = str(text).lower().strip().strip("\"'“”‘’` ")
+    t = re.sub(r"^\s*\d+[.)]\s+", "", t)
+    t = re.sub(r"[^\w\s]", " ", t)
+    return re.sub(r"\s+", " ", t).strip()
