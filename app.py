@@ -28,8 +28,11 @@ def main() -> None:
     args = parser.parse_args()
     auth = parse_auth(args.auth)
 
-    from workbench import safety
+    from workbench import paths, safety
     from workbench.deploy import space
+
+    # Uploads land in a folder of our own, so a handler can check that an "uploaded" path really is one.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(paths.upload_dir()))
 
     for note in space.configure_runtime():  # on a Space: policy from space.yaml, storage on the mounted volume
         print(note, flush=True)

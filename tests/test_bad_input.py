@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 
 import pandas as pd
@@ -183,6 +184,7 @@ def test_cli_prints_one_error_line_and_exits_1(tmp_path, case):
 
 
 def test_ui_load_handler_never_raises_and_keeps_the_current_data(tmp_path):
+    from workbench import paths
     from workbench.ui import data_tab
 
     state, *_ = data_tab._load("sample (shipped)", "", None, data_tab._empty_state())
@@ -190,13 +192,18 @@ def test_ui_load_handler_never_raises_and_keeps_the_current_data(tmp_path):
     for case, (make, message) in CASES.items():
         if case in ("all answers empty", "wrong columns", "nested json"):
             continue  # these load as tables; the mapping step reports them (checked below)
-        folder = tmp_path / case.replace(" ", "_")
+        folder = paths.data_dir() / case.replace(" ", "_")  # the UI opens files only inside the data folders
         folder.mkdir()
         path = make(folder)
         new_state, msg, *_ = data_tab._load("file path", str(path), None, state)
-        assert "wb-error" in msg and "still shown" in msg, case
+        expected = "Only files inside" if case == "traversal-ish path" else message  # '..' leads out of the folder
+        assert "wb-error" in msg and "still shown" in msg and re.search(expected, msg), (case, msg)
         assert new_state["table"] is state["table"] and not new_state["pending"]
-    bad = CASES["wrong columns"][0](tmp_path)
+    outside = tmp_path / "outside.csv"
+    outside.write_text(GOOD)
+    _, msg, *_ = data_tab._load("file path", str(outside), None, state)
+    assert "Only files inside" in msg and "WORKBENCH_DATA_ROOTS" in msg
+    bad = CASES["wrong columns"][0](paths.data_dir())
     new_state, msg, *_ = data_tab._load("file path", str(bad), None, state)
     assert new_state["table"] is state["table"]  # the table on screen stays until a mapping applies
     with pytest.raises(gr.Error, match="No column for the questions"):

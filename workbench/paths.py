@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,6 +63,22 @@ def default_dbdemos_dir() -> Path:
     return REPO_ROOT.parent / "shared" / "data" / "databricks-docs-qa"
 
 
+def upload_dir() -> Path:
+    """Where Gradio keeps the files it received from browsers (GRADIO_TEMP_DIR, which app.py sets before
+    Gradio loads). The only folder an uploaded file may be read from: a request can name any path as its
+    "uploaded file", so the handler checks that it really lies here."""
+    env = os.environ.get("GRADIO_TEMP_DIR")
+    return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "tech-llm-forge-uploads"
+
+
+def data_roots() -> list[Path]:
+    """Folders whose files a request may name (the Data tab's 'file path', 'dbdemos folder', leakage check):
+    the data folder, the dbdemos folder, and any folders listed in WORKBENCH_DATA_ROOTS (os.pathsep-separated).
+    Everything else on the server is out of reach of the UI and its API; the CLI reads any path its user can."""
+    extra = [Path(p).expanduser() for p in os.environ.get("WORKBENCH_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+    return [data_dir(), default_dbdemos_dir(), *extra]
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write UTF-8 text through a temporary file and a rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,14 +87,42 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def acquire_lock(path: Path, wait_s: float | None = None):
+    """Take an exclusive lock on `path` (created if missing) and return its open file: the lock lasts until that file
+    is closed or the process ends (the kernel drops it even on kill -9). wait_s=None waits as long as it takes;
+    otherwise BlockingIOError after about that many seconds (0 = try once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a")
+    deadline = time.monotonic() + (wait_s or 0)
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait_s is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                fh.close()
+                raise
+            time.sleep(0.05)  # lock_held() below holds it for microseconds; a retry gets past such a probe
+
+
+def lock_held(path: Path) -> bool:
+    """True when another open file holds the lock on `path` (a probe: takes and drops it at once when free)."""
+    if not path.exists():
+        return False
+    try:
+        fh = acquire_lock(path, wait_s=0)
+    except BlockingIOError:
+        return True
+    fh.close()
+    return False
+
+
 @contextmanager
 def file_lock(path: Path, wait: bool = True):
-    """Hold an exclusive lock on `path` (created if missing) for the `with` block. Other processes wait for it,
-    or with wait=False this raises BlockingIOError at once when someone holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Hold an exclusive lock on `path` for the `with` block. Other processes wait for it, or with wait=False this
+    raises BlockingIOError at once when someone holds it."""
+    fh = acquire_lock(path, None if wait else 0)
+    try:
+        yield
+    finally:
+        fh.close()  # closing the file drops the lock

@@ -65,6 +65,21 @@ def inside(base: str | Path, path: str | Path) -> bool:
     return target == root or root in target.parents
 
 
+def server_path(path: str | Path, roots: list[Path], what: str = "file") -> Path:
+    """A server path named by a request, resolved (links followed) and inside one of `roots`; anything else is
+    refused without saying whether it exists."""
+    text = str(path or "").strip()
+    if "\x00" in text:
+        raise UnsafeInput("The path contains a NUL character; type or paste the path again.")
+    if not text:
+        raise UnsafeInput(f"No data source given; type the path of a {what} inside {' or '.join(map(str, roots))}.")
+    target = Path(text).expanduser()
+    if any(inside(root, target) for root in roots):
+        return target.resolve()
+    raise UnsafeInput(f"Only files inside {' or '.join(map(str, roots))} can be opened from the app; upload the "
+                      f"{what} instead, or ask the admin to add its folder to WORKBENCH_DATA_ROOTS.")
+
+
 def max_upload_mb() -> float:
     """Largest accepted upload (WORKBENCH_MAX_UPLOAD_MB, default 100) — the limit the data loader uses too."""
     raw = os.environ.get("WORKBENCH_MAX_UPLOAD_MB", "100")
@@ -74,11 +89,15 @@ def max_upload_mb() -> float:
         raise UnsafeInput(f"WORKBENCH_MAX_UPLOAD_MB={raw!r} is not a number; set it to e.g. 100.") from None
 
 
-def check_upload(path: str | Path, limit_mb: float | None = None) -> Path:
-    """An uploaded file: a regular file (not a link or folder) no bigger than the limit."""
+def check_upload(path: str | Path, limit_mb: float | None = None, inside_dir: str | Path | None = None) -> Path:
+    """An uploaded file: a regular file (not a link or folder) no bigger than the limit and, when `inside_dir`
+    is given, lying inside that folder (Gradio's upload folder: a request can claim any path as its upload)."""
     p = Path(str(path or ""))
     if not str(path or "").strip():
         raise UnsafeInput("No file was uploaded; drop a file on the upload box.")
+    if inside_dir is not None and not inside(inside_dir, p.parent):
+        raise UnsafeInput(f"{p.name} was not received through the upload box; drop the file on it (files already "
+                          f"on the server cannot be opened as uploads).")
     if p.is_symlink():
         raise UnsafeInput(f"{p.name} is a symbolic link; upload the file itself.")
     if not p.is_file():

@@ -10,40 +10,53 @@ import gradio as gr
 import pandas as pd
 import plotly.express as px
 
-from workbench import paths
+from workbench import paths, safety
 from workbench.data import browse
 from workbench.data import cleaning
 from workbench.data import dataset as data
 from workbench.data import dbdemos
+from workbench.data import workspace
 from workbench.config import EMBEDDED_MODEL, DataConfig
 from workbench.ui import guard
 
 SOURCES = ["sample (shipped)", "dbdemos folder", "file path", "upload"]
-SHOW_ROWS = 300
+PAGE_ROWS = 25  # rows per page of the browse table; a pager walks all matches
+CELL_CHARS = 180  # table cells are cut here; selecting a row shows its full text
 MAX_LENGTH = 512
 FIELDS = ["instruction", "output", "context", "input"]
 
 
 def _empty_state():
-    return {"raw": None, "table": None, "history": [], "source": "", "pending": False}
+    # steps: one list of {step, edited, dropped} per Apply (Undo drops the last); mapping: the applied mapping
+    return {"raw": None, "table": None, "history": [], "source": "", "pending": False, "steps": [], "mapping": {}}
 
 
 def _read(kind, path, upload):
-    if kind.startswith("sample"):
-        return data.load_raw("sample"), "the shipped sample"
-    if kind.startswith("dbdemos"):
-        return data.load_raw("dbdemos", path), "dbdemos"
-    if kind == "upload":
-        if not upload:
-            raise data.DataError("No file uploaded yet; drop a CSV, Parquet or JSONL file on the upload box.")
-        return data.load_table(upload), Path(upload).name
-    return data.load_table(path), Path(path.strip()).name or path
+    """The chosen source as a table. A request names only a source kind and, for files, a path that must lie
+    in an upload (Gradio's upload folder) or in one of the data folders (paths.data_roots) — never elsewhere."""
+    try:
+        if kind.startswith("sample"):
+            return data.load_raw("sample"), "the shipped sample"
+        if kind.startswith("dbdemos"):
+            return data.load_raw("dbdemos", safety.server_path(path, paths.data_roots(), "folder")), "dbdemos"
+        if kind == "upload":
+            if not upload:
+                raise data.DataError("No file uploaded yet; drop a CSV, Parquet or JSONL file on the upload box.")
+            f = safety.check_upload(upload, inside_dir=paths.upload_dir())
+            return data.load_table(f), f.name
+        if kind == "file path":
+            f = safety.server_path(path, paths.data_roots())
+            return data.load_table(f), f.name
+    except safety.UnsafeInput as e:
+        raise data.DataError(str(e)) from None
+    raise data.DataError(f"Unknown source {str(kind)[:40]!r}; choose one of: {', '.join(SOURCES)}.")
 
 
 def _load(kind, path, upload, state, request: gr.Request = None):
     """Read the source; on bad input keep the current data and say what is wrong and how to fix it."""
-    if kind in ("file path", "dbdemos folder") and (path or "").strip() != str(paths.default_dbdemos_dir()):
-        guard.require(request, "clean_data")  # reading arbitrary server paths is for admins on a shared Space
+    if not (str(kind).startswith("sample") or (kind == "dbdemos folder"
+                                                and (path or "").strip() == str(paths.default_dbdemos_dir()))):
+        guard.require(request, "load_data")  # uploads and named files are for admins; the shipped data is a view
     try:
         raw, name = _read(kind, path or "", upload)
     except data.DataError as e:
@@ -70,28 +83,64 @@ def _apply_mapping(state, *mapping):
     dropped = table.attrs.get("empty_rows_dropped", 0)
     if dropped:
         gr.Info(f"Skipped {dropped:,} rows with an empty question or answer.")
-    state = dict(state, table=browse.annotate(table), history=[], pending=False)
+    applied = {f: m for f, m in zip(FIELDS, mapping) if m}
+    state = dict(state, table=browse.annotate(table), history=[], pending=False, steps=[], mapping=applied)
     return state, *_refresh(state, "", 0, 0, "all rows")
 
 
-def _refresh(state, query, min_chars, max_chars, view):
+def _cut(text, width=CELL_CHARS) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[:width].rstrip() + "…"
+
+
+def _refresh(state, query, min_chars, max_chars, view, page=1):
+    """Summary, one page of the matching rows (cells cut to CELL_CHARS), the length chart, the page's row ids and
+    the page number (clamped to the pages there are)."""
     table = state.get("table")
     if table is None:
-        return ("*No data loaded yet: choose a source above and press Load.*", None, None, None)
+        return ("*No data loaded yet: choose a source above and press Load.*", None, None, None, 1)
     shown = browse.filter_table(table, query, int(min_chars or 0), int(max_chars or 0), view)
+    pages = max(1, -(-len(shown) // PAGE_ROWS))
+    page = min(max(int(page or 1), 1), pages)
+    part = shown.iloc[(page - 1) * PAGE_ROWS: page * PAGE_ROWS]
     stats = browse.char_stats(table)
     splits = table["split"].value_counts().to_dict()
+    first = (page - 1) * PAGE_ROWS + 1 if len(shown) else 0
     summary = (f"**{stats['rows']:,} rows** ({splits.get('train', 0):,} train / {splits.get('eval', 0):,} eval) · "
                f"answers median {stats['answer_chars'].get('median', 0):,} chars (p95 "
                f"{stats['answer_chars'].get('p95', 0):,}) · {stats['duplicate_rows']:,} rows in duplicate groups · "
-               f"{int(table['flagged'].sum()):,} flagged by cleaning · showing {min(len(shown), SHOW_ROWS):,} of "
-               f"{len(shown):,} matching")
+               f"{int(table['flagged'].sum()):,} flagged by cleaning · showing {first:,}–{first + len(part) - 1:,} "
+               f"of {len(shown):,} matching · page {page} of {pages}")
     cols = ["id", "split", "instruction", "output", "a_chars", "duplicate", "flagged"]
+    view_rows = part[cols].copy()
+    for col in ("instruction", "output"):
+        view_rows[col] = view_rows[col].map(_cut)
     lengths = table.melt(value_vars=["q_chars", "a_chars"], var_name="field", value_name="characters")
     lengths["field"] = lengths["field"].map({"q_chars": "question", "a_chars": "answer"})
     fig = px.histogram(lengths, x="characters", color="field", nbins=60, barmode="overlay",
                        title="Length in characters")
-    return summary, shown[cols].head(SHOW_ROWS), fig, shown["id"].head(SHOW_ROWS).tolist()
+    fig.update_layout(margin={"t": 50})
+    return summary, view_rows, fig, part["id"].tolist(), page
+
+
+def row_detail(state, row_id) -> str:
+    """The full text of one row (the table shows cut cells)."""
+    table = state.get("table")
+    if table is None or not row_id:
+        return ""
+    row = table[table["id"] == row_id]
+    if row.empty:
+        return ""
+    r = row.iloc[0]
+    parts = [f"**Row `{row_id}`** ({r['split']} split)", f"**Question**\n\n{_quote(r['instruction'])}",
+             f"**Answer**\n\n{_quote(r['output'])}"]
+    if str(r.get("context", "")).strip():
+        parts.append(f"**Context**\n\n{_quote(r['context'])}")
+    return "\n\n".join(parts)
+
+
+def _quote(text) -> str:
+    return "\n".join("> " + line for line in str(text).splitlines() or [""])
 
 
 def _preview_cleaning(state, steps):
@@ -124,7 +173,9 @@ def _apply_cleaning(state, steps, request: gr.Request):
     cleaned, report = cleaning.apply_steps(base, steps)
     if cleaned.empty:
         raise gr.Error("These steps would remove every row; untick some of them (Preview shows what each does).")
-    state = dict(state, history=state["history"] + [state["table"]], table=browse.annotate(cleaned))
+    applied = [{k: r[k] for k in ("step", "edited", "dropped")} for r in report]
+    state = dict(state, history=state["history"] + [state["table"]], table=browse.annotate(cleaned),
+                 steps=list(state.get("steps") or []) + [applied])
     return state, _report_md(report, "Applied") + "\n\n*Undo restores the table before this step.*"
 
 
@@ -132,19 +183,23 @@ def _undo(state):
     if not state.get("history"):
         gr.Info("Nothing to undo.")
         return state, "*Nothing to undo.*"
-    state = dict(state, table=state["history"][-1], history=state["history"][:-1])
+    state = dict(state, table=state["history"][-1], history=state["history"][:-1],
+                 steps=list(state.get("steps") or [])[:-1])
     return state, f"Undone: back to {len(state['table']):,} rows."
 
 
-def _leakage(state, against):
+def _leakage(state, against, request: gr.Request = None):
     table = state.get("table")
     if table is None:
         return "*Load data first.*"
     report = data.leakage(table[table["split"] == "train"], table[table["split"] == "eval"])
     lines = [_leak_html("Train/eval split of this table", report)]
     if (against or "").strip():
+        guard.require(request, "load_data")  # it opens a server file: admins only, inside the data folders
         try:
-            other = data.apply_mapping(data.load_table(against))
+            other = data.apply_mapping(data.load_table(safety.server_path(against, paths.data_roots())))
+        except safety.UnsafeInput as e:
+            lines.append(f"<div class='wb-error'>⚠️ Evaluation file: {e}</div>")
         except data.DataError as e:
             lines.append(f"<div class='wb-error'>⚠️ Evaluation file: {e}</div>")
         else:
@@ -209,6 +264,73 @@ def _export(state, request: gr.Request):
     return str(out)
 
 
+def _select_row(state, evt: gr.SelectData):
+    """A click on the table: that row's full text, and its id picked for the formatted example."""
+    row = evt.row_value or []
+    row_id = str(row[0]) if row else ""
+    return row_detail(state, row_id), gr.update(value=row_id) if row_id else gr.skip()
+
+
+def _may(request, action: str) -> bool:
+    from workbench.deploy import access
+
+    try:
+        access.require(action, guard.username(request))
+    except access.AccessDenied:
+        return False
+    return True
+
+
+def save_current(state) -> dict:
+    """The session's table becomes the saved training dataset (workspace: a server-chosen file)."""
+    steps = [s for group in state.get("steps") or [] for s in group]
+    return workspace.save(state["table"], state.get("source", ""), state.get("mapping"), steps)
+
+
+def _saved_text(meta) -> str:
+    return (f"✅ **This is the training dataset**: {workspace.describe(meta)}. The Train tab's Start trains on it "
+            f"(see “Training data” there).")
+
+
+def _autosave(state, request: gr.Request = None):
+    """After a Load, mapping, cleaning or undo by someone who may train: save the table as the training dataset.
+    A read-only visitor's table stays in their browser session only."""
+    if state.get("table") is None or state.get("pending"):
+        return gr.skip()
+    if not _may(request, "train"):
+        return "*Read-only view: this table is not saved as the training dataset (admins only).*"
+    return _saved_text(save_current(state))
+
+
+def _train_on_this(state, request: gr.Request):
+    guard.require(request, "train")
+    if state.get("table") is None:
+        raise gr.Error("Load data first (choose a source above and press Load).")
+    meta = save_current(state)
+    gr.Info(f"Saved {meta['rows']:,} records: open the Train tab and press Start.")
+    return _saved_text(meta)
+
+
+def _open_saved(state):
+    """On page load: the saved training dataset, when there is one."""
+    loaded = workspace.load()
+    if loaded is None:
+        return state, gr.skip(), gr.skip()
+    records, meta = loaded
+    steps = [meta["cleaning"]] if meta.get("cleaning") else []
+    opened = dict(_empty_state(), table=browse.annotate(records), source=meta.get("source", ""),
+                  mapping=meta.get("mapping") or {}, steps=steps)
+    return (opened, f"Opened the saved training dataset ({meta['rows']:,} records from {meta.get('source')}). "
+                    f"Load another source to replace it.", _saved_text(meta))
+
+
+def _load_unless_open(kind, path, upload, state, request: gr.Request = None):
+    """On page load, when no saved dataset was opened: the usual Load (the shipped sample)."""
+    if state.get("table") is not None:
+        return (state, gr.skip(), *[gr.skip()] * len(FIELDS))
+    return _load(kind, path, upload, state, request)
+
+
 def _show_licence():
     try:
         return "```text\n" + dbdemos.licence_text(timeout=10) + "\n```"
@@ -243,6 +365,9 @@ def build(demo: gr.Blocks) -> None:
     load_btn = gr.Button("Load", variant="primary")
     load_msg = gr.Markdown("*The shipped sample is loaded below; choose another source to replace it.*")
     with gr.Row():
+        saved_md = gr.Markdown(elem_id="data-saved")
+        train_btn = gr.Button("Train on this data", elem_id="data-train-on", scale=0, min_width=180)
+    with gr.Row():
         mapping = [gr.Dropdown([], label=f"{f} ←", allow_custom_value=False) for f in FIELDS]
     map_btn = gr.Button("Apply mapping")
     summary = gr.Markdown("*No data loaded yet.*", elem_id="data-summary")
@@ -251,7 +376,13 @@ def build(demo: gr.Blocks) -> None:
         min_chars = gr.Number(0, label="Answer length ≥ (chars)", precision=0)
         max_chars = gr.Number(0, label="Answer length ≤ (0 = any)", precision=0)
         view = gr.Dropdown(list(browse.VIEWS), value="all rows", label="Show", elem_id="data-view")
-    table = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="data-table")
+    table = gr.Dataframe(interactive=False, wrap=True, max_height=560, elem_id="data-table",
+                         column_widths=["7%", "7%", "38%", "36%", "5%", "4%", "3%"])
+    with gr.Row():
+        prev_page = gr.Button("◀ Previous page", size="sm", elem_id="data-prev")
+        page = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="data-page", scale=0, min_width=90)
+        next_page = gr.Button("Next page ▶", size="sm", elem_id="data-next")
+    row_full = gr.Markdown("*Click a row to read its full question and answer.*", elem_id="data-row-full")
     lengths = gr.Plot(label="Lengths")
     with gr.Accordion("Cleaning (preview, apply, undo)", open=True):
         steps = gr.CheckboxGroup(list(cleaning.STEPS), value=list(DataConfig().cleaning), label="Steps, in order")
@@ -284,16 +415,18 @@ def build(demo: gr.Blocks) -> None:
             licence_btn, fetch_btn = gr.Button("Show the full licence"), gr.Button("Download")
         fetch_md = gr.Markdown()
 
-    browse_inputs = [state, query, min_chars, max_chars, view]
-    browse_outputs = [summary, table, lengths, row_pick]
+    private = {"api_visibility": "private"}
+    browse_inputs = [state, query, min_chars, max_chars, view, page]
+    browse_outputs = [summary, table, lengths, row_pick, page]
+    example_io = ([state, row_pick, template], [example, example_md])
 
     def refresh(*args):
-        s, df, fig, ids = _refresh(*args)
-        return s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0])
+        s, df, fig, ids, pg = _refresh(*args)
+        return s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0]), pg
 
     def apply_map(st, *m):
-        st, s, df, fig, ids = _apply_mapping(st, *m)
-        return st, s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0])
+        st, s, df, fig, ids, pg = _apply_mapping(st, *m)
+        return st, s, df, fig, gr.update(choices=ids or [], value=(ids or [None])[0]), pg
 
     def auto_map(st, *m):
         """After Load: apply the guessed mapping; if it cannot apply, keep what is shown and say why."""
@@ -305,20 +438,43 @@ def build(demo: gr.Blocks) -> None:
             gr.Warning(f"{e.message} Then press Apply mapping.")
             return st, *[gr.update()] * len(browse_outputs)
 
+    def first_page(*args):
+        return refresh(*args[:-1], 1)
+
+    def step_page(delta):
+        def go(*args):
+            return refresh(*args[:-1], int(args[-1] or 1) + delta)
+        go.__name__ = "next_page" if delta > 0 else "previous_page"
+        return go
+
     load_inputs, load_outputs = [kind, path, upload, state], [state, load_msg, *mapping]
-    load_btn.click(_load, load_inputs, load_outputs).then(auto_map, [state, *mapping], [state, *browse_outputs])
+    load_btn.click(_load, load_inputs, load_outputs).then(
+        auto_map, [state, *mapping], [state, *browse_outputs], **private).then(
+        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
     upload.upload(lambda: gr.update(value="upload"), None, kind)
-    map_btn.click(apply_map, [state, *mapping], [state, *browse_outputs])
+    map_btn.click(apply_map, [state, *mapping], [state, *browse_outputs]).then(
+        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
     for comp in (query, min_chars, max_chars, view):
-        comp.change(refresh, browse_inputs, browse_outputs)
+        comp.change(first_page, browse_inputs, browse_outputs, **private)
+    prev_page.click(step_page(-1), browse_inputs, browse_outputs, **private)
+    next_page.click(step_page(+1), browse_inputs, browse_outputs, **private)
+    table.select(_select_row, state, [row_full, row_pick], **private)
     prev_btn.click(_preview_cleaning, [state, steps], clean_md)
-    apply_btn.click(_apply_cleaning, [state, steps], [state, clean_md]).then(refresh, browse_inputs, browse_outputs)
-    undo_btn.click(_undo, state, [state, clean_md]).then(refresh, browse_inputs, browse_outputs)
-    row_pick.change(_example, [state, row_pick, template], [example, example_md])
-    template.change(_example, [state, row_pick, template], [example, example_md])
+    apply_btn.click(_apply_cleaning, [state, steps], [state, clean_md]).then(
+        refresh, browse_inputs, browse_outputs, **private).then(
+        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
+    undo_btn.click(_undo, state, [state, clean_md]).then(refresh, browse_inputs, browse_outputs, **private).then(
+        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
+    train_btn.click(_train_on_this, state, saved_md)
+    row_pick.change(_example, *example_io, **private).then(row_detail, [state, row_pick], row_full, **private)
+    template.change(_example, *example_io, **private)
     tok_btn.click(_token_stats, [state, template], [tok_md, tok_plot])
     leak_btn.click(_leakage, [state, against], leak_md)
     export_btn.click(_export, state, export_file)
     licence_btn.click(_show_licence, None, fetch_md)
     fetch_btn.click(_fetch, [dest, accept], [fetch_md, kind, path])
-    demo.load(_load, load_inputs, load_outputs).then(auto_map, [state, *mapping], [state, *browse_outputs])
+    # Page load: the saved training dataset if there is one (it survives restarts), else the shipped sample.
+    demo.load(_open_saved, state, [state, load_msg, saved_md], **private).then(
+        _load_unless_open, load_inputs, load_outputs, **private).then(
+        auto_map, [state, *mapping], [state, *browse_outputs], **private).then(
+        refresh, browse_inputs, browse_outputs, **private).then(_example, *example_io, **private)
