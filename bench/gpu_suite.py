@@ -98,7 +98,7 @@ def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: boo
     cfg.training.num_processes = processes
     cfg.eval.run_after_training = False
     cfg.training.eval_steps = 10_000
-    run_id = runs.create_run(cfg)
+    run_id = train.jobs.create_run(cfg)
     original = train.build_model
     if upcast:
         def build_model(c, device):

@@ -80,10 +80,11 @@ def main() -> int:
 
     from workbench import runs
     from workbench.evaluation import evaluate
+    from workbench.training.jobs import create_run
     from workbench.training.recipe import main as train_main
 
     cfg = recipe(args)
-    run_id = runs.create_run(cfg)
+    run_id = create_run(cfg)
     run_dir = runs.run_path(run_id)
     print(f"run folder: {run_dir}", flush=True)
     if train_main(run_dir, resume=False) != 0 or runs.read_status(run_id).get("state") != "completed":
@@ -94,7 +95,7 @@ def main() -> int:
         return 0
     metrics = evaluate.evaluate_run(run_id, progress=evaluate.print_progress)
     steps = runs.read_status(run_id).get("step")
-    train_rows = sum(1 for _ in (run_dir / "data" / "train.jsonl").open())
+    train_rows = sum(1 for _ in runs.folder(run_id).train_data.open())
     print(f"\n{cfg.model.name_or_path} · {steps} steps on {train_rows} training rows · "
           f"{metrics['eval_examples']} held-out questions · {metrics['device']} · eval {metrics['seconds']} s")
     if metrics["leakage"].get("flagged"):

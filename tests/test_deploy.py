@@ -16,6 +16,7 @@ from huggingface_hub import HfApi, SpaceRuntime
 
 from conftest import run_cli
 from workbench import runs
+from workbench.training import jobs
 from workbench.deploy import hub_export
 from workbench.deploy import space_deploy
 from workbench.config import preset
@@ -150,15 +151,15 @@ def trained_run():
 
     cfg = preset("quick-demo-cpu")
     cfg.name = "card test"
-    run_id = runs.create_run(cfg)
+    run_id = jobs.create_run(cfg)
     run_dir = runs.run_path(run_id)
     torch.manual_seed(0)
     tiny = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
     get_peft_model(tiny, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(run_dir / "adapter")
     for step, loss in enumerate([2.5, 2.1, 1.8, 1.6], start=1):
-        runs.append_event(run_dir, {"step": step * 10, "loss": loss, "learning_rate": 2e-4, "grad_norm": 1.0})
-    runs.append_event(run_dir, {"step": 40, "eval_loss": 1.7})
+        runs.append_event(run_id, {"step": step * 10, "loss": loss, "learning_rate": 2e-4, "grad_norm": 1.0})
+    runs.append_event(run_id, {"step": 40, "eval_loss": 1.7})
     (run_dir / "metrics.json").write_text(json.dumps({
         "eval_examples": 8, "base": {"perplexity": 9.0, "rougeL": 0.20}, "tuned": {"perplexity": 6.0, "rougeL": 0.30},
         "change_pct": {"perplexity": -33.3, "rougeL": 50.0}}))
@@ -200,7 +201,7 @@ def test_push_refuses_bad_input_before_contacting_the_hub(trained_run, tmp_path)
     with pytest.raises(runs.RunError, match="No run"):
         hub_export.push("20990101-000000-nothing", "alice/x", api=api)
     cfg = preset("quick-demo-cpu")
-    no_adapter = runs.create_run(cfg)
+    no_adapter = jobs.create_run(cfg)
     with pytest.raises(hub_export.HubError, match="no final adapter"):
         hub_export.push(no_adapter, "alice/x", api=api)
     assert api.calls == []
@@ -242,7 +243,7 @@ def test_push_merged_folds_a_real_adapter_into_the_embedded_model():
     from workbench import models
 
     cfg = preset("quick-demo-cpu")
-    run_id = runs.create_run(cfg)
+    run_id = jobs.create_run(cfg)
     base_cfg = runs.load_run_config(run_id).model
     base_cfg.load_in_4bit = False
     model, _, _ = models.load_model(base_cfg, "cpu")

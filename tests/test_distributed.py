@@ -28,7 +28,7 @@ def test_two_processes_train_one_run_with_synchronized_adapters_and_stop_resume(
     status = wait_state(run_id, {"stopped", "failed", "completed"}, timeout=300)
     assert status["state"] == "stopped", status | {"log": runs.log_tail(run_id, 3000)}
     assert status["processes"] == 2
-    stopped_at = int(runs.last_checkpoint(run_dir).name.split("-")[1])
+    stopped_at = int(runs.last_checkpoint(run_id).name.split("-")[1])
 
     jobs.resume_run(run_id)
     status = wait_state(run_id, {"completed", "failed"}, timeout=300)

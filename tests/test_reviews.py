@@ -16,8 +16,13 @@ from workbench.evaluation import reviews
 RUN = "20250101-000000-tuned"
 
 
+_asked = iter(range(10**6))
+
+
 def vote(choice, left="base", right=RUN, reviewer="ann", **kw):
-    return reviews.record_vote(reviewer, "What is Delta?", left, right, f"{left} says", f"{right} says", choice, **kw)
+    """One vote on a new question (one vote per reviewer, question and pair of models is the rule)."""
+    return reviews.record_vote(reviewer, f"What is Delta? ({next(_asked)})", left, right, f"{left} says",
+                               f"{right} says", choice, **kw)
 
 
 def test_wilson_interval_matches_the_textbook_values():

@@ -94,7 +94,7 @@ def test_double_start_starts_one_run_that_completes_with_trained_lora_only():
     assert not any("base_layer" in k for k in adapter)  # only the adapter is saved
     # Base weights did not train: the optimizer held state for exactly the LoRA tensors, nothing else,
     # and the base model file is byte-for-byte what it was before the run.
-    optimizer = torch.load(runs.last_checkpoint(folder) / "optimizer.pt", weights_only=True)
+    optimizer = torch.load(runs.last_checkpoint(run_id) / "optimizer.pt", weights_only=True)
     assert len(optimizer["state"]) == len(adapter) == 2 * 4 * 30  # A and B, q/k/v/o, 30 layers
     assert _sha(base_file) == base_sha
     assert jobs.active_run() is None
@@ -112,7 +112,7 @@ def test_stop_then_resume_continues_at_the_right_step():
     jobs.stop_run(run_id)
     status = wait_state(run_id, {"stopped", "failed", "completed"})
     assert status["state"] == "stopped", status
-    ckpt = runs.last_checkpoint(runs.run_path(run_id))
+    ckpt = runs.last_checkpoint(run_id)
     assert ckpt is not None
     stopped_at = int(ckpt.name.split("-")[1])
     jobs.resume_run(run_id)
@@ -132,7 +132,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint():
     os.kill(runs.read_status(run_id)["pid"], signal.SIGTERM)
     status = wait_state(run_id, {"stopped", "failed", "completed"})
     assert status["state"] == "stopped", status
-    assert runs.last_checkpoint(runs.run_path(run_id)) is not None
+    assert runs.last_checkpoint(run_id) is not None
     assert jobs.active_run() is None
     with pytest.raises(jobs.JobError, match="not running"):
         jobs.stop_run(run_id)
@@ -140,7 +140,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint():
 
 def test_kill_9_becomes_interrupted_and_resume_loses_no_step():
     run_id = jobs.start_run(tiny_config(steps=10))
-    wait_for(lambda: runs.last_checkpoint(runs.run_path(run_id)) is not None and len(steps_of(run_id)) >= 5)
+    wait_for(lambda: runs.last_checkpoint(run_id) is not None and len(steps_of(run_id)) >= 5)
     pid = runs.read_status(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not runs.process_alive(pid), timeout=30)

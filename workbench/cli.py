@@ -33,10 +33,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except UserFacingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-class UserFacingError(Exception):
-    """An error whose message is meant for the user as it stands (no traceback)."""

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -249,12 +249,29 @@ def _expected_type(f: dataclasses.Field) -> type:
     return type(default)
 
 
-def coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Convert text/number input (from a form or a CLI flag) to the field's type."""
-    t = _expected_type(f)
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def coerce(f: dataclasses.Field, value: Any, name: str = "") -> Any:
+    """Convert text/number input (from a form or a CLI flag) to the field's type. Text that is not that type raises
+    ConfigError with one line naming the setting and a value that works, before anything is loaded."""
+    name, t = name or f.name, _expected_type(f)
+    try:
+        return _coerce(t, value)
+    except (TypeError, ValueError, yaml.YAMLError) as e:
+        what = {bool: "true or false", int: "a whole number", float: "a number", list: "a comma-separated list",
+                dict: "a mapping"}.get(t, "text")
+        detail = f" ({str(e).splitlines()[0][:100]})" if isinstance(e, yaml.YAMLError) else ""
+        raise ConfigError([f"{name}: {str(value)[:80]!r} is not {what}{detail}; write it like "
+                           f"{name}={_flag_example(f)}."]) from None
+
+
+def _coerce(t: type, value: Any) -> Any:
     if t is bool:
         if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
+            if value.strip().lower() not in _BOOL_WORDS:
+                raise ValueError(value)
+            return _BOOL_WORDS[value.strip().lower()]
         return bool(value)
     if t is list:
         if isinstance(value, str):
@@ -262,15 +279,32 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         return list(value)
     if t is dict:
         if isinstance(value, str):
-            return yaml.safe_load(value) or {} if value.strip() else {}
+            parsed = yaml.safe_load(value) if value.strip() else {}
+            if not isinstance(parsed, dict):
+                raise ValueError(value)
+            return parsed or {}
         return dict(value)
     if t is int:
+        if isinstance(value, str):
+            number = float(value) if value.strip().lower() not in ("nan", "inf", "-inf") else 0.5
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(number)
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        return int(value) if isinstance(value, str) else value
+        return value
     if t is float:
         return float(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
     return value if value is not None else ""
+
+
+def _flag_example(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, dict):
+        return "'{instruction: question, output: answer}'"
+    if isinstance(default, list):
+        return ",".join(map(str, default)) or "a,b"
+    return str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def validate(cfg: RunConfig) -> list[str]:
@@ -307,6 +341,10 @@ def validate(cfg: RunConfig) -> list[str]:
         (tr.eval_steps >= 0, "training.eval_steps cannot be negative; 0 means once per epoch."),
         (tr.save_strategy != "steps" or tr.save_steps > 0, "training.save_steps must be above 0 when save_strategy is 'steps'."),
         (tr.save_every_minutes >= 0, "training.save_every_minutes cannot be negative; 0 turns it off."),
+        (0 <= tr.seed < 2**32, f"training.seed {tr.seed} is out of range; use a whole number from 0 to 4294967295 "
+                               f"(42 is the default)."),
+        (0 <= d.split_seed < 2**32, f"data.split_seed {d.split_seed} is out of range; use a whole number from 0 to "
+                                    f"4294967295 (42 is the default)."),
         (0 <= tr.num_processes <= 64, f"training.num_processes {tr.num_processes} is out of range; 1 = one process, "
                                       f"0 = one per GPU."),
         (0 < d.eval_fraction < 0.9, f"data.eval_fraction {d.eval_fraction} must be between 0 and 0.9; 0.1 keeps 10% aside."),
@@ -315,6 +353,11 @@ def validate(cfg: RunConfig) -> list[str]:
         (ev.batch_size >= 1, "eval.batch_size must be at least 1."),
     ]
     errors += [msg for ok, msg in checks if not ok]
+    fields_ = ("instruction", "input", "output", "context")
+    bad = {k: v for k, v in d.columns.items() if k not in fields_ or not isinstance(v, (str, int, type(None)))}
+    if bad:
+        errors.append(f"data.columns {bad} is not a mapping of record fields ({', '.join(fields_)}) to column names; "
+                      f"write it like {{instruction: question, output: answer}}.")
     if tr.optimizer in ("paged_adamw_8bit", "adamw_8bit") and tr.device == "cpu":
         errors.append(f"training.optimizer {tr.optimizer} needs a CUDA GPU; use adamw_torch on CPU.")
     return errors
@@ -326,72 +369,31 @@ def _example(f: dataclasses.Field) -> str:
 
 
 # -- presets -----------------------------------------------------------------------------------
+# Shipped YAML files in workbench/presets/: each is a RunConfig file (`train --config` reads it as it stands) naming
+# only what differs from the defaults. Its first comment paragraph is the description shown in lists.
 
-def _seed_recipe() -> RunConfig:
-    """The founding notebook: Mistral-7B, 4-bit QLoRA, r16/α32 on q/k/v/o, lr 2e-4, 3 epochs, 4x4."""
-    cfg = RunConfig(name="mistral-7b-databricks", preset="seed-mistral-7b-gpu")
-    cfg.model.name_or_path = MISTRAL_7B
-    cfg.model.max_seq_length = 1024
-    cfg.data.source = "dbdemos"
-    cfg.training.device = "cuda"
-    cfg.training.optimizer = "paged_adamw_8bit"
-    cfg.eval.max_examples = 200
-    return cfg
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
-def _quick_demo() -> RunConfig:
-    """A few minutes on a laptop CPU with the embedded model; the loss visibly falls."""
-    cfg = RunConfig(name="quick-demo", preset="quick-demo-cpu")
-    cfg.model.max_seq_length = 256
-    cfg.data.max_train_examples = 64
-    cfg.data.max_eval_examples = 16
-    cfg.lora.r, cfg.lora.alpha = 16, 32
-    cfg.training.epochs = 1.0
-    cfg.training.max_steps = 30
-    cfg.training.batch_size = 4
-    cfg.training.grad_accum = 1
-    cfg.training.learning_rate = 1e-3
-    cfg.training.warmup_ratio = 0.0
-    cfg.training.lr_scheduler = "constant"
-    cfg.training.logging_steps = 2
-    cfg.training.eval_steps = 10
-    cfg.training.save_strategy = "steps"
-    cfg.training.save_steps = 10
-    cfg.training.save_every_minutes = 5.0
-    cfg.training.gradient_checkpointing = False
-    cfg.training.device = "cpu"
-    cfg.eval.max_examples = 16
-    cfg.eval.max_new_tokens = 48
-    return cfg
+class Preset(NamedTuple):
+    path: Path
+    description: str
 
 
-def _embedded_gpu() -> RunConfig:
-    """The seed recipe on the embedded model and a GPU: the benchmarked quality run (about 5 min on an H100)."""
-    cfg = RunConfig(name="smollm2-databricks", preset="embedded-gpu")
-    cfg.model.max_seq_length = 512
-    cfg.data.source = "dbdemos"
-    cfg.training.device = "cuda"
-    cfg.training.optimizer = "paged_adamw_8bit"
-    # Same effective batch as 4 x 4; a 135M model is bound by per-step overhead, not memory, so fewer, larger
-    # steps without gradient checkpointing train ~5x faster (BENCHMARKS.md) in ~11 GB.
-    cfg.training.batch_size, cfg.training.grad_accum = 16, 1
-    cfg.training.gradient_checkpointing = False
-    cfg.eval.max_examples = 200
-    return cfg
+def _description(path: Path) -> str:
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text.startswith("#") or text == "#":
+            break
+        lines.append(text.lstrip("#").strip())
+    return " ".join(lines)
 
 
-PRESETS = {
-    "seed-mistral-7b-gpu": (_seed_recipe, "The founding recipe: Mistral-7B in 4-bit on a GPU, r16/α32 on q/k/v/o, "
-                                          "lr 2e-4, 3 epochs, batch 4 x accumulation 4, checkpoint every epoch."),
-    "embedded-gpu": (_embedded_gpu, "The founding recipe (r16/α32 on q/k/v/o, lr 2e-4, 3 epochs, effective batch 16) "
-                                    "on the embedded SmolLM2-135M with a GPU and the dbdemos data: ~5 minutes on an "
-                                    "H100."),
-    "quick-demo-cpu": (_quick_demo, "A 2-3 minute run of the embedded SmolLM2-135M on a CPU, to see the whole "
-                                    "loop work: 30 steps on 64 examples."),
-}
+PRESETS = {p.stem: Preset(p, _description(p)) for p in sorted(PRESET_DIR.glob("*.yaml"))}
 
 
 def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError([f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}."])
-    return PRESETS[name][0]()
+    return RunConfig.load(PRESETS[name].path)

@@ -22,10 +22,10 @@ class ModelNotAvailable(RuntimeError):
     """The model cannot be loaded here; the message says why and what to do."""
 
 
-def describe(name_or_path: str) -> str:
-    if name_or_path == EMBEDDED_MODEL:
-        return "SmolLM2-135M-Instruct (embedded, offline, CPU-friendly)"
-    return name_or_path
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The one out-of-memory test (training, evaluation, chat): torch's OutOfMemoryError (CUDA, MPS), or a
+    RuntimeError from a backend that only says so in words (older CUDA builds, the CPU allocator, bitsandbytes)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def _embedded_gguf(name: str) -> Path:

@@ -1,22 +1,25 @@
-"""The run folder: the contract between the UI, the CLI and the training process.
+"""The run folder: the contract between the UI, the CLI and the training process, and its one owner.
 
-<runs_dir>/<run_id>/ holds config.yaml, status.json, events.jsonl, train.log, data/{train,eval}.jsonl,
-checkpoints/, adapter/, metrics.json, predictions.jsonl. Everything shown about a run is read here.
+`RunFolder` is the only place that knows the layout of <runs_dir>/<run_id>/; every other module asks it for a
+path instead of typing a file name. The functions below take a run id; everything shown about a run is read here.
+A run folder is read defensively: one damaged file makes that run "unreadable" (with the reason), never the app.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from workbench import paths, safety
-from workbench.training import distributed
-from workbench.config import RunConfig
+from workbench.config import ConfigError, RunConfig
 
 ACTIVE_STATES = ("queued", "running", "stopping")
+UNREADABLE = "unreadable"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
@@ -28,6 +31,159 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _writes_run_folder() -> bool:
+    """Only one process writes a run folder. Several training processes of one run (accelerate ranks) share it,
+    and only rank 0 writes; torchrun/accelerate set RANK in each rank. Read here directly so the run folder needs
+    nothing from workbench.training."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder: the path of every file in it, and typed reads/writes of its status and events."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # -- the layout ---------------------------------------------------------------------------
+    config = property(lambda self: self.path / "config.yaml")          # the full RunConfig
+    status_file = property(lambda self: self.path / "status.json")     # state, pid, reason, timestamps
+    events = property(lambda self: self.path / "events.jsonl")         # one JSON object per logged step
+    log = property(lambda self: self.path / "train.log")               # the training process's output
+    train_data = property(lambda self: self.path / "data" / "train.jsonl")  # the exact records trained on
+    eval_data = property(lambda self: self.path / "data" / "eval.jsonl")    # ... and held out
+    data_report = property(lambda self: self.path / "data" / "report.json")  # what cleaning and the split did
+    checkpoints = property(lambda self: self.path / "checkpoints")     # Trainer checkpoints, checkpoint-<step>/
+    adapter = property(lambda self: self.path / "adapter")             # the final LoRA adapter
+    adapter_run_config = property(lambda self: self.path / "adapter" / "run_config.yaml")
+    replicas = property(lambda self: self.path / "replicas")           # rank-<n>.json: LoRA digest per process
+    stop_file = property(lambda self: self.path / "STOP")              # a stop request, read by the callback
+    metrics = property(lambda self: self.path / "metrics.json")        # after evaluation
+    predictions = property(lambda self: self.path / "predictions.jsonl")
+    eval_progress = property(lambda self: self.path / "eval_progress.json")
+    eval_log = property(lambda self: self.path / "eval.log")
+    eval_lock = property(lambda self: self.path / ".eval.lock")
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"checkpoint-{int(step)}"
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """The Trainer's checkpoint-<step> folders, newest (highest step) first."""
+        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+        return sorted(found, key=checkpoint_step, reverse=True)
+
+    def has_adapter(self) -> bool:
+        return (self.adapter / "adapter_config.json").is_file()
+
+    # -- status -------------------------------------------------------------------------------
+    def read_status(self) -> dict:
+        """status.json as a dict. A missing file reads as state 'unknown'; a damaged one (not JSON, not an object,
+        wrong types) as state 'unreadable' with the reason, so one bad file never breaks a listing."""
+        try:
+            raw = self.status_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"state": "unknown"}
+        except (OSError, UnicodeDecodeError) as e:
+            return _unreadable(self, f"it cannot be read as text ({type(e).__name__})")
+        try:
+            status = json.loads(raw)
+        except ValueError as e:
+            return _unreadable(self, f"it is not valid JSON ({e})")
+        if not isinstance(status, dict):
+            return _unreadable(self, f"it holds a JSON {type(status).__name__}, not an object")
+        bad = [k for k, kinds in _STATUS_TYPES.items() if k in status and status[k] is not None
+               and (not isinstance(status[k], kinds) or isinstance(status[k], bool))]
+        if bad:
+            return _unreadable(self, "wrong types for " + ", ".join(f"{k}={status[k]!r}" for k in bad), status)
+        return status
+
+    def write_status(self, **updates) -> dict:
+        """Merge `updates` into status.json atomically (tmp file + rename). In a multi-process run only rank 0
+        writes; the other ranks' writes are dropped here, in one place."""
+        if not _writes_run_folder():
+            return self.read_status()
+        status = self.read_status()
+        if status.get("state") == UNREADABLE:  # start over from what could be read, keeping only well-typed fields
+            status = {k: v for k, v in status["readable"].items() if k not in _STATUS_TYPES
+                      or (isinstance(v, _STATUS_TYPES[k]) and not isinstance(v, bool))}
+        status.update(updates)
+        status["updated_at"] = now_iso()
+        paths.atomic_write(self.status_file, json.dumps(status, indent=1))
+        return status
+
+    # -- events -------------------------------------------------------------------------------
+    def read_event_log(self) -> tuple[list[dict], int]:
+        """(events, bad lines skipped). An event is a JSON object whose step, when present, is a whole number
+        >= 0; anything else (not JSON, a list, a step written as text) is skipped and counted. A last line still
+        being written (no newline yet) is skipped without counting."""
+        try:
+            text = self.events.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return [], 0
+        lines = text.split("\n")
+        partial = lines.pop()  # "" when the file ends with a newline
+        events, bad = [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            event = _event(line)
+            if event is None:
+                bad += 1
+            else:
+                events.append(event)
+        if partial.strip() and _event(partial) is not None:
+            events.append(_event(partial))
+        return events, bad
+
+    def append_event(self, event: dict) -> None:
+        if not _writes_run_folder():  # one curve per run, written by rank 0
+            return
+        with self.events.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event, allow_nan=True) + "\n")
+
+    def truncate_events(self, last_step: int) -> int:
+        """Keep the events up to `last_step` (the checkpoint resumed from) and drop the rest, bad lines included;
+        returns how many lines were dropped."""
+        if not self.events.is_file() or not _writes_run_folder():
+            return 0
+        lines = [line for line in self.events.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
+        keep = [line for line in lines if (e := _event(line)) is not None and e.get("step", 0) <= last_step]
+        paths.atomic_write(self.events, "".join(line + "\n" for line in keep))
+        return len(lines) - len(keep)
+
+
+_STATUS_TYPES = {"state": str, "reason": str, "step": int, "total_steps": int, "pid": int,
+                 "pid_started": (int, float), "name": str, "model": str, "created_at": str, "updated_at": str}
+
+
+def _unreadable(run: RunFolder, why: str, readable: dict | None = None) -> dict:
+    return {"state": UNREADABLE, "readable": readable or {},
+            "reason": f"{run.status_file.name} is damaged: {why}. The run's other files are untouched; delete the "
+                      f"run with `python -m workbench delete {run.id}`, or fix or remove {run.status_file}."}
+
+
+def _event(line: str) -> dict | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    step = event.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return None
+    return event
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[-1])
+
+
+# -- finding runs -----------------------------------------------------------------------------
+
 def validate_run_id(run_id: str) -> str:
     run_id = str(run_id or "").strip()
     if not _RUN_ID.match(run_id) or ".." in run_id:
@@ -36,14 +192,20 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def run_path(run_id: str, must_exist: bool = True) -> Path:
+def folder(run_id: str, must_exist: bool = True) -> RunFolder:
+    """The run's folder, refusing ids that are not plain names or lead outside the runs folder."""
     base = paths.runs_dir().resolve()
     path = (base / validate_run_id(run_id)).resolve()
     if path.parent != base:  # symlink escape
         raise RunError(f"Run '{run_id}' points outside the runs folder; refusing to use it.")
-    if must_exist and not (path / "config.yaml").is_file():
+    run = RunFolder(path)
+    if must_exist and not run.config.is_file():
         raise RunError(f"No run '{run_id}' in {base}; list runs with `python -m workbench runs`.")
-    return path
+    return run
+
+
+def run_path(run_id: str, must_exist: bool = True) -> Path:
+    return folder(run_id, must_exist).path
 
 
 def new_run_id(name: str = "") -> str:
@@ -56,72 +218,41 @@ def new_run_id(name: str = "") -> str:
     return run_id
 
 
-def create_run(cfg: RunConfig) -> str:
-    """Validate the config, prepare the data and write a new run folder in state 'queued'."""
-    from workbench.data.dataset import prepare_dataset, write_jsonl
-
-    problems = cfg.validate()
-    if problems:
-        raise RunError("The configuration has problems: " + " ".join(problems))
-    prepared = prepare_dataset(cfg.data)  # fails early (DataError) before a process is started
-    run_id = new_run_id(cfg.name or cfg.preset)
-    path = paths.runs_dir() / run_id
-    path.mkdir(parents=True)
-    cfg.save(path / "config.yaml")
-    write_jsonl(prepared.train, path / "data" / "train.jsonl")
-    write_jsonl(prepared.eval, path / "data" / "eval.jsonl")
-    (path / "data" / "report.json").write_text(json.dumps(prepared.report, indent=1, default=str))
-    write_status(run_id, state="queued", created_at=now_iso(), name=cfg.name, model=cfg.model.name_or_path)
-    return run_id
-
-
-# -- status and events ------------------------------------------------------------------------
-
 def read_status(run_id: str) -> dict:
-    try:
-        return json.loads((run_path(run_id) / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"state": "unknown"}
+    return folder(run_id).read_status()
 
 
 def write_status(run_id: str, **updates) -> dict:
-    """Merge `updates` into status.json atomically (tmp file + rename). Only the main process of a
-    multi-process run writes (the other ranks' writes are dropped here, in one place)."""
-    path = run_path(run_id, must_exist=False) / "status.json"
-    if not distributed.is_main():
-        return read_status(run_id)
-    status = {}
-    if path.is_file():
-        try:
-            status = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            status = {}
-    status.update(updates)
-    status["updated_at"] = now_iso()
-    paths.atomic_write(path, json.dumps(status, indent=1))
-    return status
+    return folder(run_id, must_exist=False).write_status(**updates)
 
 
 def read_events(run_id: str) -> list[dict]:
-    path = run_path(run_id) / "events.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-    return events
+    return folder(run_id).read_event_log()[0]
+
+
+def append_event(run_id: str, event: dict) -> None:
+    folder(run_id).append_event(event)
+
+
+def last_checkpoint(run_id: str) -> Path | None:
+    """The newest checkpoint folder, as written (whether it is intact: workbench.training.checkpoints)."""
+    return next(iter(folder(run_id).checkpoint_dirs()), None)
+
+
+def events_note(run_id: str) -> str:
+    """'' or a sentence for the views when events.jsonl had lines that were skipped."""
+    bad = folder(run_id).read_event_log()[1]
+    return (f"{bad} bad line{'s' * (bad != 1)} in events.jsonl skipped (not a JSON object with a whole-number step)."
+            if bad else "")
 
 
 def change_marker(run_id: str) -> str:
     """Cheap 'did anything change?' key: sizes/mtimes of events.jsonl and status.json (no file read)."""
-    path = run_path(run_id)
+    run = folder(run_id)
     parts = [run_id]
-    for name in ("events.jsonl", "status.json"):
+    for path in (run.events, run.status_file):
         try:
-            st = (path / name).stat()
+            st = path.stat()
             parts.append(f"{st.st_size}:{st.st_mtime_ns}")
         except FileNotFoundError:
             parts.append("-")
@@ -130,7 +261,7 @@ def change_marker(run_id: str) -> str:
 
 def log_tail(run_id: str, chars: int = 4000) -> str:
     """The end of train.log without reading the whole file (tqdm makes it long), secrets hidden."""
-    path = run_path(run_id) / "train.log"
+    path = folder(run_id).log
     if not path.is_file():
         return ""
     with path.open("rb") as fh:
@@ -139,80 +270,108 @@ def log_tail(run_id: str, chars: int = 4000) -> str:
     return safety.redact(text[-chars:])
 
 
-def append_event(run_dir: Path, event: dict) -> None:
-    if not distributed.is_main():  # one curve per run, written by rank 0
-        return
-    with (run_dir / "events.jsonl").open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(event, allow_nan=True) + "\n")
-
-
-def truncate_events(run_dir: Path, last_step: int) -> int:
-    """Drop events after `last_step` (the checkpoint resumed from); return how many were dropped."""
-    path = run_dir / "events.jsonl"
-    if not path.is_file() or not distributed.is_main():
-        return 0
-    keep, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            step = json.loads(line).get("step", 0)
-        except json.JSONDecodeError:
-            dropped += 1
-            continue
-        if step <= last_step:
-            keep.append(line)
-        else:
-            dropped += 1
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    return dropped
-
-
 def load_run_config(run_id: str) -> RunConfig:
-    return RunConfig.load(run_path(run_id) / "config.yaml")
+    """The run's config.yaml; a damaged one raises ConfigError naming the file and what is wrong with it."""
+    run = folder(run_id)
+    try:
+        return RunConfig.load(run.config)
+    except ConfigError as e:
+        raise ConfigError([f"{run.config}: {m}" for m in e.messages]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{run.config} cannot be read ({e}); restore it or delete the run."]) from None
 
 
 def adapter_path(run_id: str) -> Path | None:
-    p = run_path(run_id) / "adapter"
-    return p if (p / "adapter_config.json").is_file() else None
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    run = folder(run_id)
+    return run.adapter if run.has_adapter() else None
 
 
 def list_runs() -> list[dict]:
+    """Every run folder, newest first. A run whose status.json is damaged is listed as 'unreadable' with the reason."""
     out = []
     for path in paths.runs_dir().iterdir():
-        if not (path / "config.yaml").is_file():
+        if path.name.startswith(".") or not (path / "config.yaml").is_file():
             continue
-        status = read_status(path.name)
-        out.append({"id": path.name, "name": status.get("name", ""), "state": status.get("state", "unknown"),
-                    "model": status.get("model", ""), "created": status.get("created_at", ""),
-                    "step": status.get("step", 0), "total_steps": status.get("total_steps", 0),
-                    "reason": status.get("reason", "")})
+        status = RunFolder(path).read_status()
+        state = status.get("state") or "unknown"
+        known = status["readable"] if state == UNREADABLE else status
+
+        def text(key):
+            return known.get(key) if isinstance(known.get(key), str) else ""
+
+        def number(key):
+            value = known.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        out.append({"id": path.name, "name": text("name"), "state": state, "model": text("model"),
+                    "created": text("created_at"), "step": number("step"), "total_steps": number("total_steps"),
+                    "reason": status.get("reason") if isinstance(status.get("reason"), str) else ""})
     return sorted(out, key=lambda r: r["id"], reverse=True)
 
 
-# -- processes --------------------------------------------------------------------------------
+# -- is the training process alive? ---------------------------------------------------------------
+# The training process records who it is (pid + the process's start time, which beats pid reuse) in status.json
+# and the slot file, and holds the training lock below for its whole life; the kernel drops that lock when the
+# process dies, even on kill -9. Liveness is read from these, never from a command line.
 
-def process_alive(pid: int | None, run_dir: Path | None = None) -> bool:
-    """True when pid runs and (if run_dir given) its command line names that run (beats pid reuse)."""
-    if not pid:
+def slot_lock():
+    """Serializes claims of the one training slot (start, resume, delete, the trainer's own claim)."""
+    return paths.file_lock(paths.runs_dir() / ".slot.lock")
+
+
+def training_lock_path() -> Path:
+    """Held by the training process (or the supervisor of several) for its whole life."""
+    return paths.runs_dir() / ".training.lock"
+
+
+def slot_file() -> Path:
+    """Names the run holding the training slot and its process: {run_id, pid, pid_started}."""
+    return paths.runs_dir() / ".active.json"
+
+
+def process_record(pid: int | None = None) -> dict:
+    """{pid, pid_started} of a process (default: this one), as stored in status.json and the slot file."""
+    import psutil
+
+    proc = psutil.Process(pid or os.getpid())
+    return {"pid": proc.pid, "pid_started": proc.create_time()}
+
+
+def process_alive(pid, started=None) -> bool:
+    """True when process `pid` runs (a zombie has finished) and, when `started` is given, it is the same process
+    that was recorded then (not a later one that reuses the pid)."""
+    import psutil
+
+    if not pid or isinstance(pid, bool):
         return False
     try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError, ValueError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie has finished
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        if run_dir is not None:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
-            return run_dir.name in cmdline
-    except OSError:
-        return run_dir is None
-    return True
+        return started is None or abs(proc.create_time() - float(started)) < 0.5
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def run_alive(status: dict) -> bool:
+    """The run's recorded process still runs it: its pid/start time match and, once past 'queued' (the
+    process has claimed the slot), it holds the training lock."""
+    if not process_alive(status.get("pid"), status.get("pid_started")):
+        return False
+    return status.get("state") == "queued" or paths.lock_held(training_lock_path())
+
+
+def _starting(status: dict) -> bool:
+    """Just created or resumed, its process not recorded yet (it may still be starting)."""
+    if status.get("pid"):
+        return False
+    try:
+        stamp = status.get("updated_at") or status.get("created_at")
+        return time.time() - datetime.fromisoformat(stamp).timestamp() < 60
+    except (TypeError, ValueError):
+        return False
 
 
 def reconcile() -> list[str]:
@@ -222,18 +381,25 @@ def reconcile() -> list[str]:
         if run["state"] not in ACTIVE_STATES:
             continue
         status = read_status(run["id"])
-        if run["state"] == "queued" and time.time() - _age_ref(status) < 60:
-            continue  # just created; its process may still be starting
-        if not process_alive(status.get("pid"), run_path(run["id"])):
-            write_status(run["id"], state="interrupted", ended_at=now_iso(),
-                         reason="The training process ended unexpectedly (machine restart, kill, or crash). "
-                                "Resume continues from the last checkpoint.")
-            changed.append(run["id"])
+        if _starting(status) or run_alive(status):
+            continue
+        write_status(run["id"], state="interrupted", ended_at=now_iso(),
+                     reason="The training process ended unexpectedly (machine restart, kill, or crash). "
+                            "Resume continues from the last checkpoint.")
+        changed.append(run["id"])
     return changed
 
 
-def _age_ref(status: dict) -> float:
-    try:
-        return datetime.fromisoformat(status.get("updated_at") or status.get("created_at")).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
+def delete_run(run_id: str) -> str:
+    """Delete a run folder for good (its review votes stay in the votes database). Refused while it trains.
+    Who may do this is the caller's check: access action 'delete' (admins only)."""
+    run = folder(run_id)
+    with slot_lock():  # no start/resume can claim the run while it is being removed
+        status = run.read_status()
+        if status.get("state") in ACTIVE_STATES and (_starting(status) or run_alive(status)):
+            raise RunError(f"Run '{run.id}' is training now; stop it first (`python -m workbench stop {run.id}`), "
+                           f"wait until it shows 'stopped', then delete it.")
+        trash = run.path.with_name(f".deleting-{run.id}-{os.getpid()}")
+        os.replace(run.path, trash)  # gone from every listing at once; the removal below may take a while
+    shutil.rmtree(trash)
+    return run.id

@@ -1,4 +1,4 @@
-"""`python -m workbench train|runs|stop|resume`: run training and manage runs."""
+"""`python -m workbench train|runs|stop|resume|delete`: run training and manage runs."""
 from __future__ import annotations
 
 import json
@@ -28,6 +28,10 @@ def register(sub) -> None:
     u = sub.add_parser("resume", help="Resume a stopped/interrupted run in the background.")
     u.add_argument("run_id")
     u.set_defaults(func=run_resume)
+    d = sub.add_parser("delete", help="Delete a run folder for good (refused while it trains).")
+    d.add_argument("run_id")
+    d.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+    d.set_defaults(func=run_delete)
 
 
 def _config_from_args(args):
@@ -36,10 +40,12 @@ def _config_from_args(args):
     cfg = RunConfig.load(args.config) if args.config else preset(args.preset)
     fields = {name: f for name, f, _ in iter_fields(cfg)}
     for item in args.set:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError([f"--set {item!r} has no '='; write KEY=VALUE, e.g. --set training.max_steps=10."])
         if key not in fields:
             raise ConfigError([f"Unknown setting '{key}' in --set; see `python -m workbench config`."])
-        cfg.set(key, coerce(fields[key], value))
+        cfg.set(key, coerce(fields[key], value, key))
     return cfg
 
 
@@ -58,7 +64,7 @@ def run_train(args) -> int:
     try:
         if args.run_dir:
             run_dir = Path(args.run_dir).resolve()
-            if not (run_dir / "config.yaml").is_file():
+            if not runs.RunFolder(run_dir).config.is_file():
                 print(f"error: {run_dir} is not a run folder (no config.yaml).", file=sys.stderr)
                 return 1
             if args.background:
@@ -77,7 +83,7 @@ def run_train(args) -> int:
         busy = jobs.active_run()
         if busy:  # refuse before a run folder is made for nothing
             raise jobs.JobError(jobs.busy_message(busy))
-        run_id = runs.create_run(cfg)
+        run_id = jobs.create_run(cfg)
         print(f"run {run_id} in {runs.run_path(run_id)}")
         return _train_here(runs.run_path(run_id), False)
     except ConfigError as e:
@@ -101,8 +107,11 @@ def run_list(args) -> int:
     print(f"{'RUN':40} {'STATE':12} {'STEP':>9}  MODEL")
     for r in rows:
         print(f"{r['id']:40} {r['state']:12} {r['step']:>4}/{r['total_steps']:<4}  {r['model']}")
-        if r["state"] in ("failed", "interrupted") and r["reason"]:
-            print(f"{'':40} {r['reason'][:150]}")
+        if r["state"] in ("failed", "interrupted", runs.UNREADABLE) and r["reason"]:
+            print(f"{'':40} {r['reason'][:300]}")
+        note = runs.events_note(r["id"])
+        if note:
+            print(f"{'':40} {note}")
     return 0
 
 
@@ -124,6 +133,19 @@ def run_stop(args) -> int:
 
     return _job_action(jobs.stop_run, args.run_id,
                        f"stop requested for {args.run_id}; it saves a checkpoint and ends as 'stopped'")
+
+
+def run_delete(args) -> int:
+    from workbench import runs
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"error: deleting {args.run_id} cannot be undone; add --yes to confirm.", file=sys.stderr)
+            return 1
+        if input(f"Delete run {args.run_id} and everything in its folder? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Not deleted.")
+            return 1
+    return _job_action(runs.delete_run, args.run_id, f"deleted run {args.run_id}")
 
 
 def run_resume(args) -> int:

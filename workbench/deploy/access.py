@@ -11,7 +11,6 @@ import os
 
 from workbench.deploy import space
 
-ADMIN_ACTIONS = {"train", "stop", "resume", "delete", "eval", "push", "clean_data", "export", "deploy"}
 REVIEW_ACTIONS = {"chat", "vote"}
 VIEW_ACTIONS = {"view"}
 

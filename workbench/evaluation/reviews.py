@@ -3,7 +3,8 @@
 One file, `data_dir()/reviews.sqlite`, in WAL mode: every vote opens its own connection and writes in
 its own short transaction (with a busy timeout), so several reviewers voting at once lose nothing and
 votes survive restarts. A vote stores which model was on which side (the mapping hidden from the
-reviewer), the question, both answers, the settings and the time.
+reviewer), the question, both answers, the settings and the time. The database itself allows one vote per
+reviewer, question and pair of models (a UNIQUE index), so racing clicks cannot count a judgment twice.
 """
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ CREATE TABLE IF NOT EXISTS votes (
     choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie', 'both_bad')),
     comment TEXT NOT NULL DEFAULT '',
     base_model TEXT NOT NULL DEFAULT '',
-    settings TEXT NOT NULL DEFAULT '{}'
+    settings TEXT NOT NULL DEFAULT '{}',
+    pair TEXT NOT NULL DEFAULT ''  -- the two sides in sorted order, 'a|b': which comparison this vote is for
 );
 CREATE INDEX IF NOT EXISTS votes_sides ON votes (left_side, right_side);
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version; 1 = the one-vote-per-question index is in place
 
 
 class ReviewError(ValueError):
@@ -59,7 +62,36 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a committed vote survives an app crash
     conn.executescript(_SCHEMA)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        _migrate(conn)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database from before the one-vote rule up to date, once, under a write lock (several processes may
+    open it at the same moment). Earlier duplicate votes (same reviewer, question and pair; all but the first)
+    move to the table duplicate_votes, so nothing is lost and the UNIQUE index can be built."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if "pair" not in {row[1] for row in conn.execute("PRAGMA table_info(votes)")}:
+                conn.execute("ALTER TABLE votes ADD COLUMN pair TEXT NOT NULL DEFAULT ''")
+            conn.execute("UPDATE votes SET pair = CASE WHEN left_side < right_side THEN left_side || '|' || right_side"
+                         " ELSE right_side || '|' || left_side END WHERE pair = ''")
+            conn.execute("CREATE TABLE IF NOT EXISTS duplicate_votes AS SELECT * FROM votes WHERE 0")
+            later = "SELECT id FROM votes WHERE id NOT IN (SELECT MIN(id) FROM votes GROUP BY reviewer, question, pair)"
+            conn.execute(f"INSERT INTO duplicate_votes SELECT * FROM votes WHERE id IN ({later})")
+            conn.execute(f"DELETE FROM votes WHERE id IN ({later})")
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS one_vote_per_question ON votes (reviewer, question, pair)")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _pair(left_side: str, right_side: str) -> str:
+    return "|".join(sorted((left_side, right_side)))
 
 
 def _clean(value, name: str, limit: int, required: bool = True) -> str:
@@ -75,7 +107,8 @@ def _clean(value, name: str, limit: int, required: bool = True) -> str:
 def record_vote(reviewer: str, question: str, left_side: str, right_side: str, left_answer: str,
                 right_answer: str, choice: str, comment: str = "", base_model: str = "",
                 settings: dict | None = None) -> int:
-    """Store one vote in its own transaction; returns its id."""
+    """Store one vote in its own transaction; returns its id. A second vote by the same reviewer on the same question
+    for the same two models is refused (ReviewError), however many arrive at once."""
     if choice not in CHOICES:
         raise ReviewError(f"Unknown vote '{choice}'; choose one of: {', '.join(CHOICES)}.")
     left_side, right_side = _clean(left_side, "left side", 200), _clean(right_side, "right side", 200)
@@ -86,14 +119,23 @@ def record_vote(reviewer: str, question: str, left_side: str, right_side: str, l
            _clean(left_answer, "answer", 100_000, required=False), _clean(right_answer, "answer", 100_000,
                                                                           required=False),
            choice, _clean(comment, "comment", 5_000, required=False), str(base_model or ""),
-           json.dumps(settings or {}, sort_keys=True, default=str))
+           json.dumps(settings or {}, sort_keys=True, default=str), _pair(left_side, right_side))
     with closing(connect()) as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:
             cur = conn.execute("INSERT INTO votes (created_at, reviewer, question, left_side, right_side, left_answer,"
-                               " right_answer, choice, comment, base_model, settings) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                               " right_answer, choice, comment, base_model, settings, pair) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             conn.execute("COMMIT")
+        except sqlite3.IntegrityError as e:
+            conn.execute("ROLLBACK")
+            if "UNIQUE" not in str(e):
+                raise
+            first = conn.execute("SELECT id FROM votes WHERE reviewer = ? AND question = ? AND pair = ?",
+                                 (row[1], row[2], row[-1])).fetchone()
+            raise ReviewError(f"You already voted on this question (vote #{first['id'] if first else '?'} by "
+                              f"'{row[1]}' on these two models); each reviewer votes once per question, so ask "
+                              f"another question to vote again.") from None
         except BaseException:
             conn.execute("ROLLBACK")
             raise

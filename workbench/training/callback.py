@@ -12,8 +12,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from workbench import runs
-from workbench.training import distributed
 from workbench.config import RunConfig
+from workbench.training import checkpoints, distributed
 from workbench.training.events import _number
 from workbench.training.failures import NonFiniteLoss
 
@@ -22,18 +22,18 @@ class RunCallback(TrainerCallback):
     """Writes one event per log step, saves on a timer, obeys STOP, fails on NaN/inf loss."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig):
-        self.run_dir, self.cfg = run_dir, cfg
+        self.run, self.cfg = runs.RunFolder(run_dir), cfg
         self.started = time.time()
-        self.offset = _last_elapsed(runs.read_events(run_dir.name))  # a resumed run's clock continues
+        self.offset = _last_elapsed(self.run.read_event_log()[0])  # a resumed run's clock continues
         self.last_save = time.time()
         self.last_log = (time.time(), 0)
         self.stopped = False
         self.fault = os.environ.get("WORKBENCH_FAULT", "")  # test-only fault injection, e.g. oom_at_step:2
 
     def on_train_begin(self, args, state, control, **kw):
-        stopping = (self.run_dir / "STOP").exists()
-        runs.write_status(self.run_dir.name, state="stopping" if stopping else "running",
-                          total_steps=state.max_steps, step=state.global_step)
+        stopping = self.run.stop_file.exists()
+        self.run.write_status(state="stopping" if stopping else "running", total_steps=state.max_steps,
+                              step=state.global_step)
         self.last_log = (time.time(), state.num_input_tokens_seen or 0)
 
     def on_step_begin(self, args, state, control, model=None, **kw):
@@ -66,9 +66,9 @@ class RunCallback(TrainerCallback):
             event["tokens_per_s"] = round((tokens - tok0) / max(now - t0, 1e-6), 1)
             self.last_log = (now, tokens)
         event.update(memory())
-        runs.append_event(self.run_dir, event)
-        runs.write_status(self.run_dir.name, step=state.global_step, total_steps=state.max_steps,
-                          epoch=event["epoch"], last_loss=event.get("loss"))
+        self.run.append_event(event)
+        self.run.write_status(step=state.global_step, total_steps=state.max_steps, epoch=event["epoch"],
+                              last_loss=event.get("loss"))
         for key in ("loss", "eval_loss"):
             if key in event and not math.isfinite(event[key]):
                 raise NonFiniteLoss(f"{key} became {event[key]} at step {state.global_step}")
@@ -77,7 +77,7 @@ class RunCallback(TrainerCallback):
         minutes = self.cfg.training.save_every_minutes
         timed_save = bool(minutes) and time.time() - self.last_save > minutes * 60
         # With several processes every rank must take the same decision at the same step, or one waits forever.
-        timed_save, stop = distributed.agree(timed_save, (self.run_dir / "STOP").exists())
+        timed_save, stop = distributed.agree(timed_save, self.run.stop_file.exists())
         if timed_save:
             control.should_save = True
         if stop:
@@ -86,8 +86,12 @@ class RunCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_save(self, args, state, control, **kw):
+        """Called after the Trainer has written checkpoint-<step>/ completely: mark it so (rank 0 writes)."""
         self.last_save = time.time()
-        runs.write_status(self.run_dir.name, last_checkpoint_step=state.global_step)
+        checkpoint = self.run.checkpoint(state.global_step)
+        if distributed.is_main() and checkpoint.is_dir():
+            checkpoints.mark_complete(checkpoint)
+        self.run.write_status(last_checkpoint_step=state.global_step)
 
 
 def _last_elapsed(events: list[dict]) -> float:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from workbench.config import RunConfig
+from workbench.runs import RunFolder
 
 
 def rank() -> int:
@@ -76,8 +77,9 @@ def _free_port() -> int:
 def supervise(run_dir: Path, resume: bool, processes: int, on_cpu: bool) -> int:
     """Run the ranks and wait for them; returns the launcher's exit code."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    (run_dir / "replicas").mkdir(exist_ok=True)
-    for old in (run_dir / "replicas").glob("rank-*.json"):
+    folder = RunFolder(run_dir).replicas
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("rank-*.json"):
         old.unlink()
     proc = subprocess.Popen(launch_command(run_dir, resume, processes, on_cpu), env=env, preexec_fn=_die_with_parent)
     return proc.wait()  # a SIGTERM meanwhile only writes STOP (train._stop_on_sigterm); the wait goes on
@@ -120,14 +122,14 @@ def lora_digest(model) -> str:
 def record_replica(run_dir: Path, model, step: int) -> None:
     if world_size() < 2:
         return
-    folder = run_dir / "replicas"
+    folder = RunFolder(run_dir).replicas
     folder.mkdir(exist_ok=True)
     (folder / f"rank-{rank()}.json").write_text(json.dumps({"rank": rank(), "world_size": world_size(),
                                                             "step": step, "lora_sha256": lora_digest(model)}))
 
 
 def replicas(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "replicas").glob("rank-*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(RunFolder(run_dir).replicas.glob("rank-*.json"))]
 
 
 def replicas_agree(run_dir: Path, processes: int) -> bool:

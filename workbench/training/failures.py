@@ -8,17 +8,13 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class StopRequested(RuntimeError):
-    """A stop was requested before training started."""
-
-
 def explain(exc: BaseException, cfg: RunConfig) -> str:
     from workbench.data.dataset import DataError
-    from workbench.models import ModelNotAvailable
+    from workbench.models import ModelNotAvailable, is_out_of_memory
 
     name = type(exc).__name__
     text = str(exc)
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+    if is_out_of_memory(exc):
         from workbench.training.estimate import estimate_vram_gb
 
         need = estimate_vram_gb(cfg)
@@ -38,4 +34,4 @@ def explain(exc: BaseException, cfg: RunConfig) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"A file the run needs is missing ({text}); the run folder may have been changed. Start a new run."
     return (f"Training crashed with {name}: {text[:300]}. The full error is at the end of train.log; resume "
-            f"from the last checkpoint, or start a new run with a smaller setup.")
+            f"(it continues from the newest intact checkpoint), or start a new run with a smaller setup.")

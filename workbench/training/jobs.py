@@ -1,50 +1,58 @@
-"""Background training jobs: start, stop, resume; one training job at a time.
+"""Background training jobs: create, start, stop, resume; one training job at a time.
 
 A run is trained by `python -m workbench train --run-dir <dir>` in its own process session, so it
-outlives the browser tab and the app. The slot file `.active.json` in the runs folder names the run
-that holds the one training slot; every claim happens under an exclusive file lock, so two clicks
-on Start (or two app workers) can never start two runs, and the training process holds a second lock
-for its whole life.
+outlives the browser tab and the app. The slot file (runs.slot_file()) names the run that holds the one
+training slot and its process; every claim happens under runs.slot_lock(), so two clicks on Start (or two app
+workers) can never start two runs, and the training process holds the training lock for its whole life.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from workbench import paths, runs
-from workbench.config import RunConfig
+from workbench.config import ConfigError, RunConfig
+from workbench.training import checkpoints
 
 
 class JobError(RuntimeError):
     """A job action was refused; the message says why and what to do."""
 
 
-def _slot_lock():
-    return paths.file_lock(paths.runs_dir() / ".slot.lock")
+def create_run(cfg: RunConfig) -> str:
+    """Validate the config, prepare the data and write a new run folder in state 'queued'."""
+    from workbench.data.dataset import prepare_dataset, write_jsonl
 
-
-def _slot_file() -> Path:
-    return paths.runs_dir() / ".active.json"
+    problems = cfg.validate()
+    if problems:
+        raise runs.RunError("The configuration has problems: " + " ".join(problems))
+    prepared = prepare_dataset(cfg.data)  # fails early (DataError) before a process is started
+    run = runs.folder(runs.new_run_id(cfg.name or cfg.preset), must_exist=False)
+    run.path.mkdir(parents=True)
+    write_jsonl(prepared.train, run.train_data)
+    write_jsonl(prepared.eval, run.eval_data)
+    run.data_report.write_text(json.dumps(prepared.report, indent=1, default=str))
+    run.write_status(state="queued", created_at=runs.now_iso(), name=cfg.name, model=cfg.model.name_or_path)
+    cfg.save(run.config)  # last: a folder with config.yaml is a run (list_runs), so it appears complete
+    return run.id
 
 
 def active_run() -> str | None:
-    """The run id holding the training slot, or None when the slot is free."""
+    """The run id holding the training slot, or None when the slot is free (or its process is gone)."""
     try:
-        slot = json.loads(_slot_file().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        slot = json.loads(runs.slot_file().read_text())
+        run_id, pid, started = slot["run_id"], slot.get("pid"), slot.get("pid_started")
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    run_dir = paths.runs_dir() / slot.get("run_id", "")
-    return slot["run_id"] if runs.process_alive(slot.get("pid"), run_dir) else None
+    return run_id if runs.process_alive(pid, started) else None
 
 
 def _claim(run_id: str, pid: int) -> None:
-    _slot_file().write_text(json.dumps({"run_id": run_id, "pid": pid}))
+    paths.atomic_write(runs.slot_file(), json.dumps({"run_id": run_id, **runs.process_record(pid)}))
 
 
 _held = {}  # run_id -> the open lock file a training process holds for its whole life
@@ -53,20 +61,20 @@ _held = {}  # run_id -> the open lock file a training process holds for its whol
 def claim_slot_for_current_process(run_id: str) -> None:
     """Called by the training process itself: take the slot or refuse.
 
-    Besides the slot file, the process keeps an exclusive lock on `.training.lock` while it lives; the
-    kernel drops that lock when the process dies (even on kill -9), so two trainers can never overlap.
+    Besides the slot file, the process keeps an exclusive lock on runs.training_lock_path() while it lives; the
+    kernel drops that lock when the process dies (even on kill -9), so two trainers can never overlap, and
+    runs.run_alive() reads liveness from it.
     """
-    with _slot_lock():
+    with runs.slot_lock():
         busy = active_run()
         if busy and busy != run_id:
             raise JobError(busy_message(busy))
-        fh = open(paths.runs_dir() / ".training.lock", "w")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # a liveness probe holds the lock for microseconds: wait a little rather than fail on one
+            fh = paths.acquire_lock(runs.training_lock_path(), wait_s=5)
         except BlockingIOError:
-            fh.close()
             raise JobError(busy_message(busy) if busy else "Another training process is still running in "
-                           f"{paths.runs_dir()} (it holds .training.lock); wait for it or stop it first.") from None
+                           f"{paths.runs_dir()} (it holds {runs.training_lock_path().name}); wait for it or stop "
+                           f"it first.") from None
         _held[run_id] = fh
         _claim(run_id, os.getpid())
 
@@ -75,12 +83,12 @@ def release_slot(run_id: str) -> None:
     fh = _held.pop(run_id, None)
     if fh is not None:
         fh.close()  # closing the file releases the lifetime lock
-    with _slot_lock():
+    with runs.slot_lock():
         try:
-            if json.loads(_slot_file().read_text()).get("run_id") == run_id:
-                _slot_file().unlink()
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
+            if json.loads(runs.slot_file().read_text()).get("run_id") == run_id:
+                runs.slot_file().unlink()
+        except (FileNotFoundError, ValueError, AttributeError):
+            return  # the slot already names no run, or another one
 
 
 def busy_message(run_id: str) -> str:
@@ -89,7 +97,7 @@ def busy_message(run_id: str) -> str:
 
 
 def train_command(run_id: str, resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "workbench", "train", "--run-dir", str(runs.run_path(run_id))]
+    cmd = [sys.executable, "-m", "workbench", "train", "--run-dir", str(runs.folder(run_id).path)]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -116,8 +124,7 @@ def cli_for_config(cfg: RunConfig) -> str:
 
 
 def _spawn(run_id: str, resume: bool) -> int:
-    run_dir = runs.run_path(run_id)
-    log = open(run_dir / "train.log", "a")
+    log = open(runs.folder(run_id).log, "a")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(train_command(run_id, resume), cwd=paths.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
@@ -128,7 +135,7 @@ def _spawn(run_id: str, resume: bool) -> int:
 def _busy_run(grace_s: float = 20.0) -> str | None:
     """The run holding the slot. A run that has already recorded its end (stopped, completed, failed) but whose
     process is still exiting (saving, joining its worker processes) gets a few seconds to let go. Call it
-    outside _slot_lock(): the exiting process takes that lock to release the slot."""
+    outside runs.slot_lock(): the exiting process takes that lock to release the slot."""
     deadline = time.time() + grace_s
     busy = active_run()
     while busy and runs.read_status(busy).get("state") not in runs.ACTIVE_STATES and time.time() < deadline:
@@ -140,44 +147,58 @@ def _busy_run(grace_s: float = 20.0) -> str | None:
 def start_run(cfg: RunConfig) -> str:
     """Create a run folder and start its training process; refuse while another run trains."""
     _busy_run()
-    with _slot_lock():
+    with runs.slot_lock():
         busy = active_run()
         if busy:
             raise JobError(busy_message(busy))
-        run_id = runs.create_run(cfg)
+        run_id = create_run(cfg)
         pid = _spawn(run_id, resume=False)
         _claim(run_id, pid)
-        runs.write_status(run_id, pid=pid)
+        runs.write_status(run_id, **runs.process_record(pid))
     return run_id
 
 
 def resume_run(run_id: str) -> str:
-    """Continue a stopped, interrupted or failed run from its last checkpoint."""
+    """Continue a stopped, interrupted or failed run from its newest intact checkpoint."""
+    run = runs.folder(run_id)
     runs.reconcile()
     _busy_run()
-    with _slot_lock():
+    with runs.slot_lock():
         busy = active_run()
         if busy:
             raise JobError(busy_message(busy))
-        state = runs.read_status(run_id).get("state")
-        if state in ("completed",):
+        status = run.read_status()
+        state = status.get("state")
+        if state in runs.ACTIVE_STATES and runs.run_alive(status):  # e.g. a foreground `train` of another runs dir
+            raise JobError(f"Run '{run_id}' is still training (process {status.get('pid')}); stop it first.")
+        if state == "completed":
             raise JobError(f"Run '{run_id}' already completed; start a new run to train further.")
-        if runs.last_checkpoint(runs.run_path(run_id)) is None and state != "queued":
-            raise JobError(f"Run '{run_id}' has no checkpoint to resume from yet; start it again as a new run.")
-        (runs.run_path(run_id) / "STOP").unlink(missing_ok=True)
-        runs.write_status(run_id, state="queued", reason="")
+        try:
+            runs.load_run_config(run_id)
+        except ConfigError as e:  # the training process would die on it; say so where the run shows its state
+            reason = f"The run's configuration cannot be read, so it cannot resume: {e}"
+            run.write_status(state="failed", ended_at=runs.now_iso(), reason=reason)
+            raise JobError(reason) from None
+        if state != "queued":
+            checkpoint, notes = checkpoints.pick_for_resume(run)
+            if checkpoint is None:
+                found = "; ".join(notes) if notes else "no checkpoint was saved yet"
+                raise JobError(f"Run '{run_id}' has no intact checkpoint to resume from ({found}); start it again "
+                               f"as a new run.")
+        run.stop_file.unlink(missing_ok=True)
+        run.write_status(state="queued", reason="", pid=None, pid_started=None)
         pid = _spawn(run_id, resume=True)
         _claim(run_id, pid)
-        runs.write_status(run_id, pid=pid)
+        run.write_status(**runs.process_record(pid))
     return run_id
 
 
 def stop_run(run_id: str) -> str:
     """Ask the run to stop gracefully: it saves a checkpoint and ends as 'stopped'."""
-    run_dir = runs.run_path(run_id)
-    state = runs.read_status(run_id).get("state")
+    run = runs.folder(run_id)
+    state = run.read_status().get("state")
     if state not in runs.ACTIVE_STATES:
         raise JobError(f"Run '{run_id}' is not running (state: {state}); nothing to stop.")
-    (run_dir / "STOP").write_text(runs.now_iso())
-    runs.write_status(run_id, state="stopping")
+    run.stop_file.write_text(runs.now_iso())
+    run.write_status(state="stopping")
     return run_id

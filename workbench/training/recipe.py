@@ -6,18 +6,16 @@ the adapter, record the final state. Every failure ends as 'failed' with a reaso
 """
 from __future__ import annotations
 
-import os
 import signal
 import traceback
 from pathlib import Path
 
 from workbench import runs
-from workbench.training import distributed
-from workbench.training import jobs
-from workbench.config import RunConfig
-from workbench.training.callback import RunCallback
-from workbench.training.failures import StopRequested, explain
+from workbench.config import ConfigError, RunConfig
 from workbench.safety import redact
+from workbench.training import checkpoints, distributed, jobs
+from workbench.training.callback import RunCallback
+from workbench.training.failures import explain
 
 
 def build_model(cfg: RunConfig, device: str):
@@ -73,13 +71,19 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported() and cfg.model.compute_dtype == "bfloat16"
     eval_every = "steps" if t.eval_steps else "epoch"
     return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=t.batch_size,
+        output_dir=str(runs.RunFolder(run_dir).checkpoints), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        # Not a slip: transformers 5 dropped `warmup_ratio`; a `warmup_steps` below 1 is read as that share of the run.
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+
         max_grad_norm=t.max_grad_norm, optim=t.optimizer, logging_steps=t.logging_steps,
         eval_strategy=eval_every, eval_steps=t.eval_steps or None, save_strategy=t.save_strategy,
+        # save_steps only counts with save_strategy "steps", where validation requires it above 0; the 500 is a
+        # placeholder the Trainer ignores with "epoch". Three checkpoints are kept, not one: when the newest is
+        # damaged (a kill mid-write, a full disk), resume falls back to an older one (workbench.training.checkpoints).
         save_steps=t.save_steps or 500, save_total_limit=3, seed=t.seed, bf16=bf16,
+
         fp16=device == "cuda" and not bf16 and cfg.model.compute_dtype != "float32",
         use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
@@ -93,22 +97,29 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
 
     from workbench.data.dataset import read_jsonl
 
-    run_id = run_dir.name
+    run = runs.RunFolder(run_dir)
+    run_id = run.id
     rank_of_many = distributed.inside_launch()  # one of several processes started by the supervisor
     if not rank_of_many:
-        _mark_started(run_dir)
-    cfg = runs.load_run_config(run_id)
-    _stop_on_sigterm(run_dir)
+        _mark_started(run)
     try:
-        checkpoint = runs.last_checkpoint(run_dir) if resume else None
+        cfg = runs.load_run_config(run_id)
+    except ConfigError as exc:
+        return _config_failed(run, exc)
+    _stop_on_sigterm(run)
+    try:
+        if resume and not rank_of_many:  # the supervisor did this for its ranks
+            _set_aside_damaged_checkpoints(run)
+        checkpoint = checkpoints.pick_for_resume(run)[0] if resume else None
         if checkpoint is not None:  # the curve continues from the checkpoint: no duplicated steps
-            runs.truncate_events(run_dir, int(checkpoint.name.split("-")[-1]))
+            run.truncate_events(runs.checkpoint_step(checkpoint))
         elif distributed.is_main():
-            (run_dir / "events.jsonl").unlink(missing_ok=True)
+            run.events.unlink(missing_ok=True)
         callback = RunCallback(run_dir, cfg)
         model, tokenizer, device = build_model(cfg, cfg.training.device)
-        train_ds = tokenized(read_jsonl(run_dir / "data" / "train.jsonl"), tokenizer, cfg)
-        eval_ds = tokenized(read_jsonl(run_dir / "data" / "eval.jsonl"), tokenizer, cfg)
+        train_ds = tokenized(read_jsonl(run.train_data), tokenizer, cfg)
+        eval_ds = tokenized(read_jsonl(run.eval_data), tokenizer, cfg)
+
         trainer = Trainer(model=model, args=training_arguments(cfg, run_dir, device), train_dataset=train_ds,
                           eval_dataset=eval_ds, data_collator=PadCollator(tokenizer.pad_token_id),
                           callbacks=[callback])
@@ -119,15 +130,12 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
             return "stopped"
         distributed.record_replica(run_dir, model, trainer.state.global_step)
         if distributed.is_main():
-            model.save_pretrained(run_dir / "adapter")
-            tokenizer.save_pretrained(run_dir / "adapter")
-            cfg.save(run_dir / "adapter" / "run_config.yaml")
+            model.save_pretrained(run.adapter)
+            tokenizer.save_pretrained(run.adapter)
+            cfg.save(run.adapter_run_config)
         runs.write_status(run_id, state="completed", ended_at=runs.now_iso(), step=trainer.state.global_step)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as a readable 'failed' state
-        if isinstance(exc, StopRequested):
-            runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(), reason=str(exc))
-            return "stopped"
-        with (run_dir / "train.log").open("a") as log:
+        with run.log.open("a") as log:
             log.write("\n" + redact("".join(traceback.format_exception(exc))))
         runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=redact(explain(exc, cfg)),
                           error=redact(f"{type(exc).__name__}: {str(exc)[:500]}"))
@@ -139,30 +147,61 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
     return "completed"
 
 
-def _mark_started(run_dir: Path) -> None:
-    """The process that owns the run (single process, or the supervisor of several) records its start."""
-    run_id = run_dir.name
-    stopping = runs.read_status(run_id).get("state") == "stopping"  # a stop asked for while the process started
+def _mark_started(run: runs.RunFolder) -> None:
+    """The process that owns the run (single process, or the supervisor of several) records its start, and who it
+    is: pid and start time, which runs.run_alive() checks (with the training lock this process holds)."""
+    stopping = run.read_status().get("state") == "stopping"  # a stop asked for while the process started
     if not stopping:
-        (run_dir / "STOP").unlink(missing_ok=True)  # left over from an earlier stop of this run
-    runs.write_status(run_id, state="stopping" if stopping else "running", pid=os.getpid(),
-                      started_at=runs.now_iso(), reason="", ended_at=None)
+        run.stop_file.unlink(missing_ok=True)  # left over from an earlier stop of this run
+    run.write_status(state="stopping" if stopping else "running", **runs.process_record(),
+                     started_at=runs.now_iso(), reason="", ended_at=None)
+
+
+def _config_failed(run: runs.RunFolder, exc: ConfigError) -> str:
+    """config.yaml is damaged: end as 'failed' with the YAML error as the reason (not 'running' forever)."""
+    reason = (f"The run's configuration cannot be read: {exc} Fix config.yaml (compare with `python -m workbench "
+              f"config --preset quick-demo-cpu`), or delete the run with `python -m workbench delete {run.id}`.")
+    with run.log.open("a") as log:
+        log.write(f"\n[{runs.now_iso()}] {reason}\n")
+    run.write_status(state="failed", ended_at=runs.now_iso(), reason=redact(reason))
+    return "failed"
+
+
+def _set_aside_damaged_checkpoints(run: runs.RunFolder) -> None:
+    """Before resuming: rename checkpoints newer than the newest intact one (a kill mid-write, a truncated file) so
+    the Trainer neither resumes from them nor rotates them away, and say so in status.json and train.log."""
+    checkpoint, notes = checkpoints.pick_for_resume(run)
+    if not notes:
+        return
+    moved = [checkpoints.set_aside(p).name for p in run.checkpoint_dirs()
+             if checkpoint is None or runs.checkpoint_step(p) > runs.checkpoint_step(checkpoint)]
+    where = f"resuming from {checkpoint.name}" if checkpoint else "no intact checkpoint left; training starts at step 0"
+    note = f"{'; '.join(notes)}: {where} (set aside as {', '.join(moved)})."
+    with run.log.open("a") as log:
+        log.write(f"\n[{runs.now_iso()}] {note}\n")
+    run.write_status(resume_note=note)
 
 
 def run_supervised(run_dir: Path, resume: bool, processes: int) -> str:
     """Train with several processes through accelerate; this process waits, then checks what they left."""
     from workbench.models import ModelNotAvailable, pick_device
 
-    run_id = run_dir.name
-    cfg = runs.load_run_config(run_id)
-    _mark_started(run_dir)
+    run = runs.RunFolder(run_dir)
+    run_id = run.id
+    _mark_started(run)
+    try:
+        cfg = runs.load_run_config(run_id)
+    except ConfigError as exc:
+        return _config_failed(run, exc)
+    if resume:
+        _set_aside_damaged_checkpoints(run)
     try:
         device = pick_device(cfg.training.device)
     except ModelNotAvailable as e:
         runs.write_status(run_id, state="failed", ended_at=runs.now_iso(), reason=str(e))
         return "failed"
     runs.write_status(run_id, processes=processes)
-    _stop_on_sigterm(run_dir)  # the ranks see the STOP file and agree to stop, save, and end
+    _stop_on_sigterm(run)  # the ranks see the STOP file and agree to stop, save, and end
     code = distributed.supervise(run_dir, resume, processes, on_cpu=device == "cpu")
     status = runs.read_status(run_id)
     if status.get("state") in ("running", "stopping", "queued"):  # a rank died before rank 0 could say why
@@ -177,10 +216,10 @@ def run_supervised(run_dir: Path, resume: bool, processes: int) -> str:
     return status.get("state", "failed")
 
 
-def _stop_on_sigterm(run_dir: Path) -> None:
+def _stop_on_sigterm(run: runs.RunFolder) -> None:
     """SIGTERM asks for the same graceful stop as the STOP file: the callback saves and ends 'stopped'."""
     def request_stop(signum, frame):
-        (run_dir / "STOP").write_text(f"signal {signum} at {runs.now_iso()}")
+        run.stop_file.write_text(f"signal {signum} at {runs.now_iso()}")
 
     signal.signal(signal.SIGTERM, request_stop)
 
