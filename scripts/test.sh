@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 WITH_DEV=1 bash scripts/setup.sh
 if [ ! -x /usr/bin/chromium ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  # `env VAR=value cmd`, not `$SUDO VAR=value cmd`: with SUDO empty (root) the shell would run the assignment as a
+  # command name ("DEBIAN_FRONTEND=noninteractive: command not found").
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 exec .venv/bin/python -m pytest "$@"

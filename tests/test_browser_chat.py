@@ -45,3 +45,18 @@ def test_blind_review_in_the_browser(adapter_runs, app_server, page):
     assert vote["winner"] == vote["left_side"] and {vote["left_side"], vote["right_side"]} == {"base", RUN_B}
     shown_left = page.locator("#chat-left [data-testid='bot']").last.inner_text().strip()
     assert shown_left and shown_left.split()[0] in vote["left_answer"]
+    for choice in ("left", "right", "tie", "both_bad"):  # one vote per answered pair: the buttons turn off
+        expect(page.locator(f"#chat-vote-{choice}")).to_be_disabled()
+    expect(page.locator("#chat-stop")).to_be_disabled()  # nothing is generating
+
+    # the same question again by the same reviewer: the store refuses a second vote, said plainly (no error badge)
+    page.locator("#chat-examples button").first.click()
+    page.locator("#chat-send").click()
+    expect(status).to_contain_text("Done", timeout=120_000)
+    expect(page.locator("#chat-vote-tie")).to_be_enabled()
+    page.locator("#chat-vote-tie").click()
+    expect(page.locator("#chat-vote-refused")).to_contain_text("already voted")
+    expect(page.locator("#chat-vote-tie")).to_be_disabled()
+    expect(page.locator(".toast-body.error, .error")).to_have_count(0)
+    assert len(reviews.votes(RUN_B)) == 1
+    expect(status).not_to_contain_text("Stopping")

@@ -13,14 +13,26 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, metavar="RUN_ID", help="The fine-tuned run (see `python -m workbench runs`).")
     p.add_argument("--against", default="base", metavar="RUN_ID|base",
                    help="What to compare with: 'base' (default) or another run trained on the same base model.")
-    p.add_argument("--system", default="", help="System prompt (default: the one the run was trained with).")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7 to sample.")
-    p.add_argument("--top-p", type=float, default=0.9, help="Nucleus sampling share when sampling (default 0.9).")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="Longest answer, in tokens (default 256).")
-    p.add_argument("--seed", type=int, default=42, help="Seed for sampling (-1 = random).")
+    d = _defaults()
+    p.add_argument("--system", default=d.system_prompt, help="System prompt (default: the one the run was trained "
+                                                              "with).")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help="0 = greedy; e.g. 0.7 to sample (default %(default)s).")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="Nucleus sampling share when sampling "
+                                                                "(default %(default)s).")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help="Longest answer, in tokens (default %(default)s).")
+    p.add_argument("--seed", type=int, default=d.seed, help="Seed for sampling (-1 = random; default %(default)s).")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="Where to run (default auto).")
     p.add_argument("--json", action="store_true", help="Print JSON (answers, token counts, timings).")
     p.set_defaults(func=run_chat)
+
+
+def _defaults():
+    """ChatSettings' defaults (typed once, in workbench/chat/streaming.py); streaming imports no torch at the top."""
+    from workbench.chat.streaming import ChatSettings
+
+    return ChatSettings()
 
 
 def run_chat(args) -> int:

@@ -23,6 +23,19 @@ def _source_args(p, steps_default: str | None = None) -> None:
                        help="Comma-separated cleaning steps, in order ('' for none). Default: %(default)s")
 
 
+def _split_args(p) -> None:
+    """--eval-fraction / --seed, with DataConfig's defaults and help (typed once, in the config)."""
+    from dataclasses import fields
+
+    from workbench.config import DataConfig
+
+    meta = {f.name: f.metadata["help"] for f in fields(DataConfig)}
+    d = DataConfig()
+    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
+                   help=f"{meta['eval_fraction']} Default: %(default)s")
+    p.add_argument("--seed", type=int, default=d.split_seed, help=f"{meta['split_seed']} Default: %(default)s")
+
+
 def register(sub) -> None:
     from workbench.config import DataConfig
 
@@ -33,8 +46,7 @@ def register(sub) -> None:
 
     q = dsub.add_parser("inspect", help="Rows, columns, mapping guess, length stats, cleaning preview, leakage.")
     _source_args(q, defaults)
-    q.add_argument("--eval-fraction", type=float, default=0.1, help="Held-out share for the split (default 0.1).")
-    q.add_argument("--seed", type=int, default=42, help="Split seed (default 42).")
+    _split_args(q)
     q.add_argument("--tokens", action="store_true", help="Also count tokens with --model's tokenizer (slower).")
     q.add_argument("--model", default="", help="Tokenizer for --tokens (default: the embedded SmolLM2).")
     q.add_argument("--max-length", type=int, default=512, help="max_seq_length for --tokens (default 512).")
@@ -50,8 +62,7 @@ def register(sub) -> None:
     s = dsub.add_parser("split", help="Clean, split deterministically and write train.jsonl / eval.jsonl.")
     _source_args(s, defaults)
     s.add_argument("--out-dir", required=True, help="Folder for train.jsonl, eval.jsonl and report.json.")
-    s.add_argument("--eval-fraction", type=float, default=0.1, help="Held-out share (default 0.1).")
-    s.add_argument("--seed", type=int, default=42, help="Split seed (default 42).")
+    _split_args(s)
     s.set_defaults(func=split)
 
     v = dsub.add_parser("preview", help="Row N formatted exactly as the model sees it; [[...]] marks loss tokens.")

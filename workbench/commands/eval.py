@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="Recompute the base model's results even if cached.")
     p.add_argument("--output", help="Also write the metrics JSON to this file.")
     p.add_argument("--json", action="store_true", help="Print the metrics as JSON instead of a table.")
+    p.add_argument("--export", metavar="FILE.csv|FILE.json",
+                   help="With --run: do not score; write the run's existing metrics to FILE (.csv or .json) and its "
+                        "per-example predictions beside it (FILE-predictions.csv|json), as the Metrics tab exports.")
     p.set_defaults(func=run_eval)
 
 
@@ -72,6 +75,25 @@ def run_eval(args) -> int:
         print("error: --model and --data go with --base; a run is scored with its own model and held-out split.",
               file=sys.stderr)
         return 2
+    if args.export:
+        if not args.run:
+            print("error: --export goes with --run RUN_ID (it exports that run's metrics).", file=sys.stderr)
+            return 2
+        try:
+            written = evaluate.export(runs.validate_run_id(args.run), args.export)
+        except (evaluate.EvalError, runs.RunError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("wrote " + " and ".join(str(p) for p in written))
+        return 0
+    if args.run:
+        try:
+            reason = evaluate.refusal(runs.validate_run_id(args.run))
+        except runs.RunError as e:
+            reason = str(e)
+        if reason:
+            print(f"error: {reason}", file=sys.stderr)
+            return 1
     bar = _Bar()
     try:
         if args.run:
@@ -91,7 +113,7 @@ def run_eval(args) -> int:
             json.dump(metrics, fh, indent=1)
     print(json.dumps(metrics, indent=1) if args.json else format_table(metrics))
     if args.run and not args.json:
-        print(f"\nwrote {runs.run_path(args.run) / 'metrics.json'} and predictions.jsonl")
+        print(f"\nwrote {runs.folder(args.run).metrics} and {runs.folder(args.run).predictions.name}")
     return 0
 
 

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workbench.config import DataConfig
 from workbench.data.cleaning import duplicate_rows, flag_rows
 from workbench.data.dataset import split
 
 VIEWS = ("all rows", "duplicates", "flagged by cleaning", "train split", "eval split")
 
 
-def annotate(df: pd.DataFrame, eval_fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
-    """Add split, q_chars, a_chars, duplicate and flagged columns for browsing."""
+def annotate(df: pd.DataFrame, eval_fraction: float | None = None, seed: int | None = None) -> pd.DataFrame:
+    """Add split, q_chars, a_chars, duplicate and flagged columns for browsing. The split defaults to DataConfig's,
+    so the Data tab shows the split a run with default settings will use."""
+    defaults = DataConfig()
+    eval_fraction = defaults.eval_fraction if eval_fraction is None else eval_fraction
+    seed = defaults.split_seed if seed is None else seed
     out = df.copy()
     out["split"] = split(out, eval_fraction, seed) if len(out) else []
     out["q_chars"] = out["instruction"].str.len()

@@ -238,8 +238,9 @@ def load_dbdemos(folder: str | Path | None = None) -> pd.DataFrame:
     q_path, a_path = (folder / name for name in DBDEMOS_FILES)
     if not q_path.is_file() or not a_path.is_file():
         raise DataError(f"The dbdemos files are not in {folder} (need {DBDEMOS_FILES[0]} and {DBDEMOS_FILES[1]}). "
-                        f"Point to the folder that holds them, or download them: "
-                        f"python -m workbench data fetch-dbdemos --dest DIR --accept-licence")
+                        f"Point to the folder that holds them, or download them: in the app, open 'Download the dbdemos "
+                        f"files' at the bottom of the Data tab; from a terminal, `python -m workbench data "
+                        f"fetch-dbdemos --dest DIR --accept-licence`.")
     try:
         q = pd.read_parquet(q_path, columns=["id", "question"])
         a = pd.read_parquet(a_path, columns=["question_id", "answer"])

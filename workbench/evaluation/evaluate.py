@@ -40,13 +40,113 @@ def _phase(progress, name: str, label: str):
     return lambda f, msg: progress(lo + (hi - lo) * f, f"{label}: {msg}")
 
 
+# -- progress in the run folder (what the Metrics and Train tabs show while a run is scored) --------
+
+_PHASE_LABELS = {"load": "loading the model", "base_ppl": "base model, perplexity",
+                 "base_gen": "base model, generating answers", "tuned_ppl": "fine-tuned model, perplexity",
+                 "tuned_gen": "fine-tuned model, generating answers"}
+
+
+def _phase_of(fraction: float) -> str:
+    return next((name for name, (lo, hi) in PHASES.items() if fraction < hi), "tuned_gen")
+
+
+class ProgressRecord:
+    """A progress callback that also writes {fraction, phase, done, total, message} to the run folder's
+    eval_progress.json (at most every `every_s` seconds, and always at a phase change), so any tab, any
+    browser and the CLI can show 'Scoring… n/N questions' while evaluation runs in another process."""
+
+    def __init__(self, run_dir: Path, total: int, forward=None, every_s: float = 1.0):
+        self.path, self.total, self.forward, self.every_s = runs.RunFolder(run_dir).eval_progress, total, forward, every_s
+        self._last, self._phase = 0.0, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.forward:
+            self.forward(fraction, message)
+        phase = _phase_of(fraction)
+        now = time.time()
+        if phase == self._phase and now - self._last < self.every_s and fraction < 1.0:
+            return
+        self._last, self._phase = now, phase
+        lo, hi = PHASES[phase]
+        within = min(max((fraction - lo) / (hi - lo), 0.0), 1.0) if fraction < 1.0 else 1.0
+        done = self.total if fraction >= 1.0 else (round(within * self.total) if phase != "load" else 0)
+        paths.atomic_write(self.path, json.dumps({
+            "fraction": round(min(fraction, 1.0), 4), "phase": phase, "phase_label": _PHASE_LABELS[phase],
+            "done": done, "total": self.total, "message": str(message)[:200], "updated_at": runs.now_iso()}))
+
+
+def read_progress(run_id: str) -> dict | None:
+    """The scoring progress of a run being evaluated now, or None (not being scored, or no record)."""
+    try:
+        run_dir = runs.run_path(run_id)
+    except runs.RunError:
+        return None
+    if runs.read_status(run_id).get("eval_state") != "running" or not _lock_held(run_dir):
+        return None
+    try:
+        return json.loads(runs.RunFolder(run_dir).eval_progress.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"fraction": 0.0, "phase": "load", "phase_label": _PHASE_LABELS["load"], "done": 0, "total": 0,
+                "message": "starting"}
+
+
+def progress_text(progress: dict) -> str:
+    """'Scoring… 8/16 questions (base model, generating answers) · 31%'."""
+    total = progress.get("total") or 0
+    count = f" {progress.get('done', 0)}/{total} questions" if total else ""
+    return f"Scoring…{count} ({progress.get('phase_label', '')}) · {progress.get('fraction', 0):.0%}"
+
+
+def _lock_held(run_dir: Path) -> bool:
+    """True while some process evaluates this run (it holds .eval.lock; the kernel drops it if that process dies)."""
+    try:
+        with paths.file_lock(runs.RunFolder(run_dir).eval_lock, wait=False):
+            return False
+    except BlockingIOError:
+        return True
+
+
+# -- the rule: when a run may be scored (the app and the CLI obey the same one) ---------------------
+
+def refusal(run_id: str) -> str | None:
+    """Why `run_id` cannot be scored right now, or None when it can.
+
+    Refused while a training run is active (scoring would compete with it for the same GPU or CPU cores) and
+    while this run is being scored already. The training process scoring its own run at the end is allowed:
+    by then its state is 'completed'.
+    """
+    from workbench.training import jobs
+
+    busy = jobs.active_run()
+    if busy and runs.read_status(busy).get("state") in runs.ACTIVE_STATES:
+        return (f"Run '{busy}' is training now; scoring would compete with it for the "
+                f"{'GPU' if _has_gpu() else 'CPU cores'}. Wait until it finishes (it is scored automatically at the "
+                f"end when eval.run_after_training is on), or stop it first.")
+    try:
+        run_dir = runs.run_path(run_id)
+    except runs.RunError as e:
+        return str(e)
+    if _lock_held(run_dir):
+        progress = read_progress(run_id)
+        where = f" ({progress_text(progress)})" if progress else ""
+        return f"Run '{run_id}' is being scored now{where}; its results appear here when it finishes."
+    return None
+
+
+def _has_gpu() -> bool:
+    from workbench.training.estimate import detected_gpu
+
+    return detected_gpu()[0] is not None
+
+
 # -- inputs -----------------------------------------------------------------------------------
 
 def eval_records(run_dir: Path, cfg: RunConfig) -> list[dict]:
     """The run's held-out split (data/eval.jsonl), capped at eval.max_examples."""
     from workbench.data.dataset import read_jsonl
 
-    path = run_dir / "data" / "eval.jsonl"
+    path = runs.RunFolder(run_dir).eval_data
     if not path.is_file():
         raise EvalError(f"{path} is missing: this run has no held-out split. Start a new run (the split is "
                         f"written when the run is created).")
@@ -71,7 +171,7 @@ def leakage_report(run_dir: Path, records: list[dict]) -> dict:
 
     from workbench.data.dataset import leakage, leakage_message, read_jsonl
 
-    train_path = run_dir / "data" / "train.jsonl"
+    train_path = runs.RunFolder(run_dir).train_data
     if not train_path.is_file():
         return {"checked": False, "flagged": False,
                 "message": "Leakage not checked: the run has no data/train.jsonl."}
@@ -163,7 +263,7 @@ def _pick_device(preference: str) -> str:
 @contextmanager
 def _eval_lock(run_dir: Path):
     try:
-        with paths.file_lock(run_dir / ".eval.lock", wait=False):
+        with paths.file_lock(runs.RunFolder(run_dir).eval_lock, wait=False):
             yield
     except BlockingIOError:
         raise EvalError(f"Run '{run_dir.name}' is being evaluated already; wait for it to finish.") from None
@@ -182,6 +282,9 @@ def evaluate_run(run_id: str, progress=None, device: str | None = None, use_cach
         run_dir = runs.run_path(run_id)
     except runs.RunError as e:
         raise EvalError(str(e)) from None
+    reason = refusal(run_id)
+    if reason:
+        raise EvalError(reason)
     with _eval_lock(run_dir):
         runs.write_status(run_id, eval_state="running", eval_error="")
         try:
@@ -190,9 +293,9 @@ def evaluate_run(run_id: str, progress=None, device: str | None = None, use_cach
             runs.write_status(run_id, eval_state="failed", eval_error=str(exc))
             raise
         except Exception as exc:
-            with (run_dir / "eval.log").open("a", encoding="utf-8") as log:
+            with runs.RunFolder(run_dir).eval_log.open("a", encoding="utf-8") as log:
                 log.write(f"\n[{runs.now_iso()}] " + "".join(traceback.format_exception(exc)))
-            reason = f"{explain_failure(exc)} (the full error is in {run_dir / 'eval.log'})"
+            reason = f"{explain_failure(exc)} (the full error is in {runs.RunFolder(run_dir).eval_log})"
             runs.write_status(run_id, eval_state="failed", eval_error=reason)
             raise EvalError(reason) from exc
         except BaseException:  # Ctrl+C: not a failure of the run, but no longer running either
@@ -204,7 +307,7 @@ def evaluate_run(run_id: str, progress=None, device: str | None = None, use_cach
 
 def explain_failure(exc: BaseException) -> str:
     name, text = type(exc).__name__, str(exc)
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+    if models.is_out_of_memory(exc):
         return ("Evaluation ran out of memory. Use a smaller batch or shorter answers (`python -m workbench eval "
                 "--run RUN_ID --batch-size 2 --max-new-tokens 64`), or stop other GPU work (training, the Chat "
                 "tab) first.")
@@ -224,6 +327,8 @@ def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_
         raise EvalError(f"Run '{run_id}' has no trained adapter yet (state: {state}); evaluate it after training "
                         f"completes, or resume it first.")
     records = eval_records(run_dir, cfg)
+    progress = ProgressRecord(run_dir, len(records), progress)
+    progress(0.0, "starting")
     leak = leakage_report(run_dir, records)
     model, tokenizer, device = _load(cfg, _pick_device(device or cfg.training.device), progress)
     model = PeftModel.from_pretrained(model, str(adapter))  # the same base weights, adapter on top
@@ -238,8 +343,7 @@ def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_
     metrics.update(run_id=run_id, adapter=str(adapter), base_cached=base_cached,
                    seconds=round(time.time() - started, 1))
     write_results(run_dir, metrics, prediction_rows(records, base, tuned))
-    if progress:
-        progress(1.0, "done")
+    progress(1.0, "done")
     return metrics
 
 
@@ -277,14 +381,14 @@ def prediction_rows(records: list[dict], base: dict, tuned: dict) -> list[dict]:
 
 def write_results(run_dir: Path, metrics: dict, predictions: list[dict]) -> None:
     """predictions.jsonl first, metrics.json last: metrics.json appearing means the evaluation finished."""
-    paths.atomic_write(run_dir / "predictions.jsonl",
+    paths.atomic_write(runs.RunFolder(run_dir).predictions,
                   "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    paths.atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, ensure_ascii=False))
+    paths.atomic_write(runs.RunFolder(run_dir).metrics, json.dumps(metrics, indent=1, ensure_ascii=False))
 
 
 def read_metrics(run_id: str) -> dict | None:
     try:
-        return json.loads((runs.run_path(run_id) / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads(runs.folder(run_id).metrics.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
         return None
 
@@ -293,7 +397,7 @@ def read_predictions(run_id: str) -> list[dict]:
     from workbench.data.dataset import read_jsonl
 
     try:
-        return read_jsonl(runs.run_path(run_id) / "predictions.jsonl")
+        return read_jsonl(runs.folder(run_id).predictions)
     except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
         return []
 
@@ -330,3 +434,35 @@ def evaluate_base(cfg: RunConfig, progress=None, device: str | None = None, use_
     if progress:
         progress(1.0, "done")
     return metrics
+
+
+# -- export (the Metrics tab's download and `eval --run ID --export FILE`) ---------------------------
+
+EXPORT_FORMATS = ("csv", "json")
+
+
+def export(run_id: str, metrics_file: str | Path) -> list[Path]:
+    """Write a scored run's metrics table to `metrics_file` (.csv or .json) and its per-example predictions
+    beside it (`<stem>-predictions.csv|json`). Returns both paths."""
+    import pandas as pd
+
+    out = Path(metrics_file)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in EXPORT_FORMATS:
+        raise EvalError(f"Export to a .csv or .json file (got '{out.name}'), e.g. --export {run_id}.csv.")
+    metrics = read_metrics(run_id)
+    if not metrics:
+        raise EvalError(f"Run '{run_id}' has no metrics to export yet; evaluate it first: "
+                        f"`python -m workbench eval --run {run_id}` (or Evaluate in the Metrics tab).")
+    predictions = read_predictions(run_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pred_file = out.with_name(f"{out.stem}-predictions.{fmt}")
+    if fmt == "csv":
+        rows = [{"metric": label, "base": metrics["base"].get(k), "fine_tuned": metrics.get("tuned", {}).get(k),
+                 "change_pct": metrics.get("change_pct", {}).get(k)} for k, label in scoring.LABELS.items()]
+        pd.DataFrame(rows).to_csv(out, index=False)
+        pd.DataFrame(predictions).to_csv(pred_file, index=False)
+    else:
+        out.write_text(json.dumps(metrics, indent=1, ensure_ascii=False), encoding="utf-8")
+        pred_file.write_text(json.dumps(predictions, indent=1, ensure_ascii=False), encoding="utf-8")
+    return [out, pred_file]

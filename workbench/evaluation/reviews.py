@@ -228,3 +228,45 @@ def reviewed_runs() -> list[str]:
     with closing(connect()) as conn:
         rows = conn.execute("SELECT left_side AS s FROM votes UNION SELECT right_side FROM votes").fetchall()
     return sorted(r["s"] for r in rows if r["s"] != BASE)
+
+
+# -- the blind-review round: coin flip, the pending vote, the reveal (the Chat tab only shows it) -------
+
+def blind_sides(run_id: str, other: str = BASE) -> tuple[str, str]:
+    """(left, right) for one blind question: which side the fine-tuned run takes is a fresh fair coin flip."""
+    import secrets
+
+    return (other, run_id) if secrets.randbelow(2) else (run_id, other)
+
+
+def pending_vote(question: str, sides: tuple[str, str], run_id: str, answers: tuple[str, str],
+                 settings: dict | None = None) -> dict:
+    """The answered pair awaiting a vote, with its hidden mapping (kept on the server, never shown before the vote)."""
+    left, right = sides
+    return {"question": question, "left_side": left, "right_side": right, "run_id": run_id,
+            "other": left if right == run_id else right, "left_answer": answers[0], "right_answer": answers[1],
+            "settings": dict(settings or {}), "voted": False}
+
+
+def cast_vote(pending: dict | None, reviewer: str, choice: str, comment: str = "", base_model: str = "") -> dict:
+    """Record the vote on a pending pair, once. Returns the pending pair marked voted, with `vote_id`.
+
+    Raises ReviewError (a plain message for the reviewer) when there is nothing to vote on, when this pair was
+    voted on already, or when the store refuses the vote (e.g. the same reviewer and question twice)."""
+    if not pending:
+        raise ReviewError("Nothing to vote on: tick 'Blind A/B review', ask a question and wait for both answers.")
+    if pending.get("voted"):
+        raise ReviewError("You already voted on this question; ask another one to vote again.")
+    try:
+        vote_id = record_vote(reviewer, pending["question"], pending["left_side"], pending["right_side"],
+                              pending["left_answer"], pending["right_answer"], choice, comment,
+                              base_model=base_model, settings=pending.get("settings"))
+    except sqlite3.IntegrityError:
+        raise ReviewError("You already voted on this question; ask another one to vote again.") from None
+    return {**pending, "voted": True, "vote_id": vote_id, "choice": choice}
+
+
+def reveal(voted: dict, label=lambda side: side) -> str:
+    """After the vote: what was chosen and which model was on which side (`label` names a side for people)."""
+    return (f"Vote #{voted['vote_id']} recorded: **{CHOICE_LABELS[voted['choice']]}**. Revealed: left was "
+            f"**{label(voted['left_side'])}**, right was **{label(voted['right_side'])}**.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 from workbench.config import EMBEDDED_MODEL, RunConfig
 
@@ -49,25 +50,101 @@ def estimate_vram_gb(cfg: RunConfig) -> float:
     return round(weights + (lora_params * 16 + activations + logits) / 1e9 + 1.0, 1)
 
 
-def cpu_seconds_per_step(cfg: RunConfig) -> float:
-    """Measured on a 2-core machine: embedded model, batch 4 x 256 tokens ≈ 2.3 s/step; scale linearly."""
+# Seconds per optimizer step of the embedded model on a 2-core CPU, batch 4 x accumulation 1 x 256 tokens, as
+# measured while a browser and the app share the machine: 4.5 s on a quiet step, up to 12 s when the cores are
+# busy (issue 13). An estimate is a range; once a run has logged two points, its own pace replaces it.
+CPU_BASELINE_RANGE = (4.5, 12.0)
+_BASELINE_TOKENS = 4 * 256
+
+
+def _work(cfg: RunConfig) -> float:
+    """Work of one optimizer step relative to the baseline (tokens x model size)."""
     billions, _, _ = model_shape(cfg.model.name_or_path)
     tokens = cfg.training.batch_size * cfg.training.grad_accum * min(cfg.model.max_seq_length, 256)
-    return 2.3 * (tokens / 1024) * (billions / 0.135)
+    return (tokens / _BASELINE_TOKENS) * (billions / 0.135)
 
 
-def describe(cfg: RunConfig, gpu_name: str | None, gpu_total_gb: float | None, steps: int | None) -> str:
-    """One or two sentences for the Train tab."""
+def cpu_seconds_per_step(cfg: RunConfig) -> tuple[float, float]:
+    """(low, high) seconds per step on a CPU for this configuration, scaled from the measured baseline."""
+    lo, hi = CPU_BASELINE_RANGE
+    return lo * _work(cfg), hi * _work(cfg)
+
+
+def measured_seconds_per_step(events: list[dict]) -> float | None:
+    """A run's own pace: wall time between its first and last logged training steps, per step (model loading and
+    data preparation before the first step are not counted). None until two points are logged."""
+    points = [(e["step"], e["elapsed"]) for e in events
+              if isinstance(e, dict) and "loss" in e and isinstance(e.get("step"), int)
+              and isinstance(e.get("elapsed"), (int, float))]
+    if len(points) < 2 or points[-1][0] <= points[0][0]:
+        return None
+    (s0, t0), (s1, t1) = points[0], points[-1]
+    return max(t1 - t0, 0.0) / (s1 - s0)
+
+
+def eta_seconds(events: list[dict], step: int, total_steps: int) -> float | None:
+    """Time left from the run's measured pace, or None before it can be measured."""
+    per_step = measured_seconds_per_step(events)
+    if per_step is None or not total_steps or step >= total_steps:
+        return None
+    return per_step * (total_steps - step)
+
+
+def planned_steps(cfg: RunConfig, rows: int | None) -> int | None:
+    """Optimizer steps the run will take: max_steps, else epochs over the training rows (None when unknown)."""
+    t = cfg.training
+    if t.max_steps:
+        return t.max_steps
+    if not rows:
+        return None
+    train_rows = round(rows * (1 - cfg.data.eval_fraction))
+    if cfg.data.max_train_examples:
+        train_rows = min(train_rows, cfg.data.max_train_examples)
+    per_epoch = max(1, math.ceil(train_rows / (t.batch_size * t.grad_accum)))
+    return max(1, math.ceil(per_epoch * t.epochs))
+
+
+def measured_on_this_machine(cfg: RunConfig) -> tuple[float, str] | None:
+    """(seconds per step scaled to `cfg`, run id) from the newest earlier CPU run of the same model, or None."""
+    from workbench import runs
+
+    for r in runs.list_runs()[:10]:
+        try:
+            other = runs.load_run_config(r["id"])
+        except Exception:  # noqa: BLE001 - an unreadable old run is simply not a measurement
+            continue
+        if other.model.name_or_path != cfg.model.name_or_path or other.training.device == "cuda":
+            continue
+        per_step = measured_seconds_per_step(runs.read_events(r["id"]))
+        if per_step:
+            return per_step * _work(cfg) / _work(other), r["id"]
+    return None
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def describe(cfg: RunConfig, gpu_name: str | None, gpu_total_gb: float | None, steps: int | None,
+             measured: tuple[float, str] | None = None) -> str:
+    """One or two sentences for the Train tab. `measured`: (s/step, run id) from an earlier run on this machine."""
     if gpu_name:
         need = estimate_vram_gb(cfg)
         verdict = "fits" if need <= (gpu_total_gb or 0) * 0.9 else "probably does NOT fit — lower batch size or " \
                                                                       "sequence length"
         return f"Estimated GPU memory: ~{need:.1f} GB of {gpu_total_gb:.0f} GB on {gpu_name}: {verdict}."
-    per_step = cpu_seconds_per_step(cfg)
-    total = f", about {per_step * steps / 60:.0f} min for {steps} steps" if steps else ""
     warn = " A 7B model on a CPU is impractically slow; use a GPU." if model_shape(cfg.model.name_or_path)[0] > 2 \
         else ""
-    return f"No GPU found: training runs on the CPU at roughly {per_step:.1f} s per step{total}.{warn}"
+    load = " Loading the model and data adds about half a minute before the first step."
+    if measured:
+        per_step, run_id = measured
+        total = f", so about {_minutes(per_step * steps)} for {steps} steps" if steps else ""
+        return (f"No GPU found: training runs on the CPU. Run {run_id} took {per_step:.1f} s per step on this "
+                f"machine at this size{total}.{load}{warn}")
+    lo, hi = cpu_seconds_per_step(cfg)
+    total = f", so {_minutes(lo * steps)} to {_minutes(hi * steps)} for {steps} steps" if steps else ""
+    return (f"No GPU found: training runs on the CPU at roughly {lo:.1f}-{hi:.1f} s per step (slower while other "
+            f"programs use the cores){total}.{load} The ETA during the run comes from its measured pace.{warn}")
 
 
 @functools.lru_cache(maxsize=1)

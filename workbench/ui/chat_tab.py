@@ -3,7 +3,6 @@ blind A/B review mode with votes stored in SQLite and the win rate shown."""
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 
 import gradio as gr
@@ -16,6 +15,7 @@ from workbench.ui import guard
 
 BASE_CHOICE = ("Base model (adapter off)", chat.BASE)
 MAX_EXAMPLES = 12
+DEFAULTS = chat.ChatSettings()  # the one place the generation defaults are typed (workbench/chat/streaming.py)
 _STOPS: dict[str, threading.Event] = {}  # browser session -> Stop event of its running generation
 
 
@@ -30,7 +30,7 @@ def example_questions(run_id: str | None) -> list[str]:
     if not run_id:
         return []
     try:
-        path = runs.run_path(run_id) / "data" / "eval.jsonl"
+        path = runs.folder(run_id).eval_data
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     except runs.RunError:
         return []
@@ -63,10 +63,16 @@ def headers(sides, blind: bool) -> tuple[str, str]:
 
 
 def settings_from(system, temperature, top_p, max_new, seed) -> chat.ChatSettings:
+    """Widget values -> ChatSettings; an empty widget means the ChatSettings default."""
+    def pick(value, default):
+        return default if value is None or value == "" else value
+
     try:
-        return chat.ChatSettings(system_prompt=str(system or ""), temperature=float(temperature or 0),
-                                 top_p=float(top_p if top_p is not None else 0.9),
-                                 max_new_tokens=int(max_new or 0), seed=int(seed if seed is not None else -1))
+        return chat.ChatSettings(system_prompt=str(system or ""),
+                                 temperature=float(pick(temperature, DEFAULTS.temperature)),
+                                 top_p=float(pick(top_p, DEFAULTS.top_p)),
+                                 max_new_tokens=int(pick(max_new, DEFAULTS.max_new_tokens)),
+                                 seed=int(pick(seed, DEFAULTS.seed)))
     except (TypeError, ValueError):
         raise gr.Error("Temperature, top-p, max new tokens and seed must be numbers.") from None
 
@@ -96,9 +102,42 @@ def _refresh(run_id, other):
     run_id = run_id if run_id in ids else (ids[0] if ids else None)
     other = other if other in ids or other == chat.BASE else chat.BASE
     empty = "" if ids else ("No trained run yet: train one in the Train tab (or `python -m workbench train "
-                            "--preset quick-demo-cpu`), then press Refresh.")
+                            "--preset quick-demo-cpu`); it appears here by itself when its adapter is saved.")
     return (gr.Dropdown(choices=choices, value=run_id), gr.Dropdown(choices=[BASE_CHOICE] + choices, value=other),
             *_run_changed(run_id, other), (empty + "\n\n" if empty else "") + chat.policy_status())
+
+
+def runs_signature() -> str:
+    """Cheap 'did the runs change?' key for the timer: each run's status/events (stat calls), whether its adapter
+    exists, the training slot, and the votes file (a new vote changes the tally)."""
+    parts = []
+    for path in sorted(runs_dir_entries()):
+        try:
+            marker = runs.change_marker(path.name)
+        except runs.RunError:
+            continue
+        parts.append(f"{marker}:{(path / 'adapter' / 'adapter_config.json').is_file()}")
+    db = reviews.db_path()
+    for f in (db, db.with_name(db.name + "-wal")):
+        try:
+            parts.append(str(f.stat().st_mtime_ns))
+        except FileNotFoundError:
+            parts.append("-")
+    return "|".join(parts)
+
+
+def runs_dir_entries():
+    from workbench import paths
+
+    return [p for p in paths.runs_dir().iterdir() if runs.RunFolder(p).config.is_file()]
+
+
+def _poll(run_id, other, seen):
+    """Timer tick: redraw the run pickers, examples, tally and notice only when a run folder or the votes changed."""
+    key = runs_signature()
+    if key == seen:
+        return (gr.skip(),) * 6
+    return (key, *_refresh(run_id, other))
 
 
 def _run_changed(run_id, other):
@@ -113,7 +152,7 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
     settings = settings_from(system, temperature, top_p, max_new, seed)
     sides = (other or chat.BASE, run_id)
     if blind:  # hide which side is which: a fresh coin flip per question, and no history to give it away
-        sides = sides[::-1] if secrets.randbelow(2) else sides
+        sides = reviews.blind_sides(run_id, other or chat.BASE)
         left_hist, right_hist = [], []
     old = (chat.normalize_history(left_hist), chat.normalize_history(right_hist))
     question = str(question or "").strip()
@@ -127,11 +166,12 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
                 hist[-1]["content"] = text
             pending = None
             if update.finished and blind:
-                pending = {"question": question, "left_side": sides[0], "right_side": sides[1], "run_id": run_id,
-                           "other": sides[0] if sides[1] == run_id else sides[1], "left_answer": update.texts[0],
-                           "right_answer": update.texts[1], "settings": chat.settings_dict(settings)}
+                pending = reviews.pending_vote(question, sides, run_id, tuple(update.texts),
+                                               chat.settings_dict(settings))
+            votable = gr.update(interactive=bool(pending))  # vote buttons: only for a finished, unvoted pair
             yield (shown[0], shown[1], *heads, status_line(update, bool(blind)),
-                   "" if update.finished else gr.skip(), pending, "")
+                   "" if update.finished else gr.skip(), pending, "", *[votable] * len(reviews.CHOICES),
+                   gr.update(interactive=not update.finished))
     except (chat.ChatError, runs.RunError) as e:
         raise gr.Error(str(e)) from None
     finally:
@@ -140,31 +180,27 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
 
 
 def _stop(request: gr.Request):
+    """Ask the running generation to stop. It answers nothing itself: the stream's own last update says
+    'Stopped', so a late reply here can never overwrite it."""
     guard.require(request, "chat")
     event = _STOPS.get(getattr(request, "session_hash", None) or "default")
-    if event is None:
-        return "Nothing is generating."
-    event.set()
-    return "Stopping…"
+    if event is not None:
+        event.set()
+    return gr.skip()
 
 
 def _vote(choice: str, pending, reviewer, comment, request):
     name = guard.require(request, "vote")
-    if not pending:
-        raise gr.Error("Nothing to vote on: tick 'Blind A/B review', ask a question and wait for both answers.")
-    if pending.get("voted"):
-        raise gr.Error("You already voted on this question; ask another one.")
+    off = [gr.update(interactive=False)] * len(reviews.CHOICES)
     try:
-        vote_id = reviews.record_vote(name or reviewer, pending["question"], pending["left_side"],
-                                      pending["right_side"], pending["left_answer"], pending["right_answer"], choice,
-                                      comment, settings=pending["settings"], base_model=_base_model(pending))
-    except reviews.ReviewError as e:
-        raise gr.Error(str(e)) from None
-    left, right = chat.side_label(pending["left_side"]), chat.side_label(pending["right_side"])
-    reveal = (f"Vote #{vote_id} recorded: **{reviews.CHOICE_LABELS[choice]}**. Revealed: left was **{left}**, "
-              f"right was **{right}**.")
-    return ({**pending, "voted": True}, reveal, tally_text(pending["run_id"], pending["other"]), "",
-            f"### Left — {left}", f"### Right — {right}")
+        voted = reviews.cast_vote(pending, name or reviewer, choice, comment,
+                                  base_model=_base_model(pending) if pending else "")
+    except reviews.ReviewError as e:  # a plain message where the reveal goes, not an error badge
+        return (gr.skip(), f"<div class='wb-warn' id='chat-vote-refused'>{e}</div>", gr.skip(), gr.skip(), gr.skip(),
+                gr.skip(), *(off if pending else [gr.skip()] * len(reviews.CHOICES)))
+    left, right = chat.side_label(voted["left_side"]), chat.side_label(voted["right_side"])
+    return (voted, reviews.reveal(voted, chat.side_label), tally_text(voted["run_id"], voted["other"]), "",
+            f"### Left — {left}", f"### Right — {right}", *off)
 
 
 def _base_model(pending) -> str:
@@ -183,7 +219,17 @@ def _voter(choice: str):
 
 
 def _clear():
-    return [], [], None, "", "### Left", "### Right", ""
+    return [], [], None, "", "### Left", "### Right", "", *[gr.update(interactive=False)] * len(reviews.CHOICES)
+
+
+def _policy_text() -> str:
+    """The GPU policy where there is a GPU; on a CPU-only machine, what actually happens there."""
+    from workbench.training.estimate import detected_gpu
+
+    if detected_gpu()[0]:
+        return chat.POLICY
+    return ("**No GPU on this machine**: chat and training share the CPU. Chat works while a run trains, but both "
+            "go slower.")
 
 
 # -- layout -----------------------------------------------------------------------------------
@@ -192,7 +238,7 @@ def build(demo: gr.Blocks) -> None:
     gr.Markdown("Ask the **base model** and a **fine-tuned run** the same question and watch both answers "
                 "stream side by side. One 4-bit copy of the base model serves both columns: the adapter is "
                 "switched per row inside one batched generation.")
-    gr.Markdown(chat.POLICY, elem_classes=["wb-warn"])
+    gr.Markdown(_policy_text(), elem_classes=["wb-warn"])
     with gr.Row():
         # allow_custom_value: runs appear after the app starts; the handlers check the id themselves
         run_pick = gr.Dropdown([], label="Fine-tuned run", elem_id="chat-run", scale=3, allow_custom_value=True)
@@ -208,10 +254,13 @@ def build(demo: gr.Blocks) -> None:
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", info="Empty = the system prompt the run was trained with.")
         with gr.Row():
-            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", info="0 = greedy (repeatable).")
-            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
-            max_new = gr.Number(256, precision=0, label="Max new tokens", info="1-4096.", elem_id="chat-max-new")
-            seed = gr.Number(42, precision=0, label="Seed", info="-1 = random.")
+            temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature",
+                                    info="0 = greedy (repeatable).")
+            top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p")
+            max_new = gr.Number(DEFAULTS.max_new_tokens, precision=0, label="Max new tokens", info="1-4096.",
+                                elem_id="chat-max-new")
+            seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed", info="-1 = random.")
+    notice = gr.Markdown(elem_id="chat-notice")
     status = gr.Markdown(elem_id="chat-status")
     with gr.Row():
         with gr.Column():
@@ -224,35 +273,38 @@ def build(demo: gr.Blocks) -> None:
                           lines=2)
     with gr.Row():
         send_btn = gr.Button("Send", variant="primary", elem_id="chat-send")
-        stop_btn = gr.Button("Stop", elem_id="chat-stop")
+        stop_btn = gr.Button("Stop", elem_id="chat-stop", interactive=False)
         clear_btn = gr.Button("Clear", elem_id="chat-clear")
     examples = gr.Dataset(components=[question], samples=[], label="Example questions from the run's held-out split",
                           elem_id="chat-examples")
     with gr.Column(visible=False, elem_id="chat-vote-box") as vote_box:
         comment = gr.Textbox(label="Comment (optional)", elem_id="chat-comment")
         with gr.Row():
-            vote_btns = {c: gr.Button(label, elem_id=f"chat-vote-{c}") for c, label in reviews.CHOICE_LABELS.items()}
+            vote_btns = {c: gr.Button(label, elem_id=f"chat-vote-{c}", interactive=False)
+                         for c, label in reviews.CHOICE_LABELS.items()}
     reveal = gr.Markdown(elem_id="chat-reveal")
     tally = gr.Markdown(elem_id="chat-tally")
     pending = gr.State(None)  # the answered pair awaiting a vote, with the hidden mapping (stays on the server)
 
+    buttons = [vote_btns[c] for c in reviews.CHOICES]
     chat_in = [question, left_bot, right_bot, run_pick, other_pick, blind, system, temperature, top_p, max_new, seed]
-    chat_out = [left_bot, right_bot, left_head, right_head, status, question, pending, reveal]
+    chat_out = [left_bot, right_bot, left_head, right_head, status, question, pending, reveal, *buttons, stop_btn]
     send_btn.click(_chat, chat_in, chat_out, api_name="chat", show_progress="minimal")
     question.submit(_chat, chat_in, chat_out, api_visibility="private", show_progress="minimal")
-    stop_btn.click(_stop, None, status, api_name="stop")
-    clear_btn.click(_clear, None, [left_bot, right_bot, pending, reveal, left_head, right_head, status],
-                    api_name="clear")
-    blind.change(_clear, None, [left_bot, right_bot, pending, reveal, left_head, right_head, status],
-                 api_visibility="private").then(lambda b: gr.Column(visible=bool(b)), blind, vote_box,
-                                                api_visibility="private")
+    stop_btn.click(_stop, None, status, api_name="stop", concurrency_limit=None)  # never waits behind anything
+    clear_out = [left_bot, right_bot, pending, reveal, left_head, right_head, status, *buttons]
+    clear_btn.click(_clear, None, clear_out, api_name="clear")
+    blind.change(_clear, None, clear_out, api_visibility="private").then(
+        lambda b: gr.Column(visible=bool(b)), blind, vote_box, api_visibility="private")
     for choice, btn in vote_btns.items():
         btn.click(_voter(choice), [pending, reviewer, comment], [pending, reveal, tally, comment, left_head,
-                                                                 right_head], api_name=f"vote_{choice}")
+                                                                 right_head, *buttons], api_name=f"vote_{choice}")
     examples.click(lambda sample: sample[0] if isinstance(sample, (list, tuple)) else sample, examples, question,
                    api_visibility="private")
     run_pick.change(_run_changed, [run_pick, other_pick], [examples, tally], api_visibility="private")
     other_pick.change(lambda r, o: tally_text(r, o), [run_pick, other_pick], tally, api_visibility="private")
-    refresh_out = [run_pick, other_pick, examples, tally, status]
+    refresh_out = [run_pick, other_pick, examples, tally, notice]
     refresh_btn.click(_refresh, [run_pick, other_pick], refresh_out, api_name="chat_refresh")
     demo.load(_refresh, [run_pick, other_pick], refresh_out, api_visibility="private")
+    seen = gr.State("")
+    gr.Timer(4.0).tick(_poll, [run_pick, other_pick, seen], [seen, *refresh_out], api_visibility="private")

@@ -45,21 +45,28 @@ def _deploy(config: str, request: gr.Request) -> str:
 
 
 def _adapter_runs() -> list[str]:
-    out = []
-    for r in runs.list_runs():
-        try:
-            if runs.adapter_path(r["id"]) is not None:
-                out.append(r["id"])
-        except runs.RunError:
-            continue
-    return out
+    """Runs with a finished adapter: the same listing the Chat tab offers."""
+    from workbench.chat import session as chat
+
+    return [r["id"] for r in chat.chat_runs()]
+
+
+def card_markdown(card: str) -> str:
+    """A model card for the preview: its YAML header shown as a YAML block (Markdown would run it into one line)."""
+    if card.startswith("---\n"):
+        end = card.find("\n---", 4)
+        if end != -1:
+            header, body = card[4:end], card[end + 4:].lstrip("\n")
+            return f"```yaml\n{header}\n```\n\n{body}"
+    return card
 
 
 def _card(run_id: str, repo: str) -> str:
     if not run_id:
         return "Pick a run with a finished adapter first."
     try:
-        return hub_export.model_card(runs.validate_run_id(run_id), hub_export.validate_repo_id(repo or "you/adapter"))
+        return card_markdown(hub_export.model_card(runs.validate_run_id(run_id),
+                                                   hub_export.validate_repo_id(repo or "you/adapter")))
     except (runs.RunError, hub_export.HubError) as e:
         return f"error: {e}"
 

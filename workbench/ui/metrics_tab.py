@@ -2,7 +2,6 @@
 several runs side by side, blind-review win rate, export, and a button that scores a run."""
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from plotly.subplots import make_subplots
 
 from workbench import runs
 from workbench.evaluation import evaluate
-from workbench.training import jobs
 from workbench.evaluation import reviews
 from workbench.evaluation import scoring
 from workbench.ui import guard
@@ -79,8 +77,8 @@ def metrics_chart(metrics: dict | None) -> go.Figure:
                                  marker_color=color, legendgroup=side), 1, 1)
             fig.add_trace(go.Bar(x=["Perplexity"], y=[values.get("perplexity")], name=name, marker_color=color,
                                  legendgroup=side, showlegend=False), 1, 2)
-    fig.update_layout(barmode="group", height=330, margin={"t": 40, "b": 30, "l": 40, "r": 10},
-                      legend={"orientation": "h"})
+    fig.update_layout(barmode="group", height=360, margin={"t": 60, "b": 40, "l": 50, "r": 10},
+                      legend={"orientation": "h", "y": -0.15})
     return fig
 
 
@@ -93,8 +91,8 @@ def loss_chart(events: list[dict]) -> go.Figure:
     if evals:
         fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], name="eval loss",
                                  mode="lines+markers", line={"dash": "dash"}))
-    fig.update_layout(title="Loss during training", xaxis_title="step", height=330,
-                      margin={"t": 40, "b": 30, "l": 40, "r": 10}, legend={"orientation": "h"})
+    fig.update_layout(title={"text": "Loss during training", "y": 0.97}, xaxis_title="step", height=360,
+                      margin={"t": 60, "b": 40, "l": 50, "r": 10}, legend={"orientation": "h", "y": -0.2})
     return fig
 
 
@@ -134,21 +132,54 @@ def compare_table(run_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+COLORS = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
+
+
 def compare_chart(run_ids: list[str]) -> go.Figure:
+    """One colour per run, the same in both panels and the legend (the legend names each run once)."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25],
                         subplot_titles=("Fine-tuned ROUGE / BLEU", "Fine-tuned perplexity"))
+    scored = [(r, m) for r in run_ids or [] if (m := evaluate.read_metrics(r)) and "tuned" in m]
+    keys = [k for k in LABELS if k != "perplexity"]
+    for i, (run_id, m) in enumerate(scored):
+        color = COLORS[i % len(COLORS)]
+        fig.add_trace(go.Bar(x=[LABELS[k] for k in keys], y=[m["tuned"].get(k) for k in keys], name=short_id(run_id),
+                             legendgroup=run_id, marker_color=color, hovertext=run_id), 1, 1)
+        fig.add_trace(go.Bar(x=["Perplexity"], y=[m["tuned"]["perplexity"]], name=short_id(run_id),
+                             legendgroup=run_id, showlegend=False, marker_color=color, hovertext=run_id), 1, 2)
+    fig.update_layout(barmode="group", height=360, margin={"t": 60, "b": 40, "l": 50, "r": 10},
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def short_id(run_id: str) -> str:
+    """A run id a legend can hold: the date-time stamp dropped when the name part says enough."""
+    parts = run_id.split("-", 2)
+    name = parts[2] if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() else run_id
+    return f"{name} ({parts[1][:4]})" if name != run_id else run_id[-28:]
+
+
+def compare_warning(run_ids: list[str]) -> str:
+    """A warning when the compared runs were scored on different held-out questions (the numbers do not compare)."""
+    sets = {}
     for run_id in run_ids or []:
         m = evaluate.read_metrics(run_id)
-        if not m or "tuned" not in m:
-            continue
-        keys = [k for k in LABELS if k != "perplexity"]
-        fig.add_trace(go.Bar(x=[LABELS[k] for k in keys], y=[m["tuned"].get(k) for k in keys], name=run_id[-28:],
-                             legendgroup=run_id), 1, 1)
-        fig.add_trace(go.Bar(x=["Perplexity"], y=[m["tuned"]["perplexity"]], name=run_id[-28:], legendgroup=run_id,
-                             showlegend=False), 1, 2)
-    fig.update_layout(barmode="group", height=320, margin={"t": 40, "b": 30, "l": 40, "r": 10},
-                      legend={"orientation": "h"})
-    return fig
+        if m and "tuned" in m:
+            sets.setdefault(heldout_key(run_id), []).append(run_id)
+    if len(sets) <= 1:
+        return ""
+    groups = "; ".join(", ".join(ids) for ids in sets.values())
+    return (f"<div class='wb-warn' id='metrics-compare-warning'>These runs were scored on <b>different held-out "
+            f"questions</b> ({groups}), so their scores do not compare directly. Compare runs trained on the same data "
+            f"and split.</div>")
+
+
+def heldout_key(run_id: str) -> str:
+    """Which questions a run was scored on: the questions of its predictions, hashed."""
+    import hashlib
+
+    questions = [p.get("question", "") for p in evaluate.read_predictions(run_id)]
+    return hashlib.sha256("\x00".join(questions).encode()).hexdigest()[:12]
 
 
 def notice_html(run_id: str | None, metrics: dict | None) -> str:
@@ -157,9 +188,14 @@ def notice_html(run_id: str | None, metrics: dict | None) -> str:
         return EMPTY
     status = runs.read_status(run_id)
     parts = []
-    if status.get("eval_error"):
+    scoring_now = evaluate.read_progress(run_id)
+    if scoring_now:
+        parts.append(scoring_html(scoring_now))
+    if status.get("eval_error") and not scoring_now:
         parts.append(f"<div class='wb-error' id='metrics-eval-error'><b>The last evaluation failed:</b> "
                      f"{status['eval_error']}</div>")
+    if not metrics and scoring_now:
+        return "".join(parts)
     if not metrics:
         parts.append(EMPTY if not any(evaluate.read_metrics(r["id"]) for r in runs.list_runs()) else
                      f"<div class='wb-empty' id='metrics-empty'>Run {run_id} has no metrics yet"
@@ -176,6 +212,24 @@ def notice_html(run_id: str | None, metrics: dict | None) -> str:
                  f"{metrics.get('created_at', '')} on {metrics.get('device', '?')} in {metrics.get('seconds', '?')} s."
                  f"{cached}</div>")
     return "".join(parts)
+
+
+def scoring_html(progress: dict) -> str:
+    """'Scoring… n/N questions' and a bar, from the run folder's eval_progress.json."""
+    frac = min(max(float(progress.get("fraction") or 0), 0.0), 1.0)
+    return (f"<div class='wb-warn' id='metrics-scoring'><b>{evaluate.progress_text(progress)}</b>"
+            f"<div style='background:#e5e7eb;border-radius:4px;height:10px;margin-top:4px'><div style='background:"
+            f"#2563eb;width:{frac * 100:.1f}%;height:10px;border-radius:4px'></div></div></div>")
+
+
+def evaluate_button(run_id: str | None):
+    """Evaluate is enabled only when the run can be scored now; otherwise its reason shows under it."""
+    if not run_id:
+        return gr.update(interactive=False), "Pick a run to score."
+    reason = evaluate.refusal(run_id)
+    if reason is None and runs.adapter_path(run_id) is None:
+        reason = f"Run '{run_id}' has no trained adapter yet; it can be scored once training completes."
+    return gr.update(interactive=reason is None), (f"*Evaluate is unavailable: {reason}*" if reason else "")
 
 
 def _listing() -> tuple[list[dict], dict[str, float]]:
@@ -197,28 +251,16 @@ def run_choices(listing=None) -> tuple[list[tuple[str, str]], str | None]:
 
 
 def paths_metrics(run_id: str) -> Path:
-    return runs.run_path(run_id, must_exist=False) / "metrics.json"
+    return runs.folder(run_id, must_exist=False).metrics
 
 
 def export_files(run_id: str, fmt: str) -> list[str]:
-    """metrics and predictions of a run as CSV or JSON files in a fresh temporary folder."""
-    metrics = evaluate.read_metrics(run_id)
-    if not metrics:
-        raise ValueError(f"Run {run_id} has no metrics to export; evaluate it first.")
-    predictions = evaluate.read_predictions(run_id)
-    out = Path(tempfile.mkdtemp(prefix="wb-metrics-"))
-    stem = f"{run_id}"
-    if fmt == "CSV":
-        rows = [{"metric": LABELS[k], "base": metrics["base"].get(k), "fine_tuned": metrics.get("tuned", {}).get(k),
-                 "change_pct": metrics.get("change_pct", {}).get(k)} for k in LABELS]
-        pd.DataFrame(rows).to_csv(out / f"{stem}-metrics.csv", index=False)
-        pd.DataFrame(predictions).to_csv(out / f"{stem}-predictions.csv", index=False)
-        names = [f"{stem}-metrics.csv", f"{stem}-predictions.csv"]
-    else:
-        (out / f"{stem}-metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
-        (out / f"{stem}-predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
-        names = [f"{stem}-metrics.json", f"{stem}-predictions.json"]
-    return [str(out / n) for n in names]
+    """metrics and predictions of a run as CSV or JSON files in a fresh temporary folder (core: evaluate.export)."""
+    out = Path(tempfile.mkdtemp(prefix="wb-metrics-")) / f"{runs.validate_run_id(run_id)}.{fmt.lower()}"
+    try:
+        return [str(p) for p in evaluate.export(run_id, out)]
+    except evaluate.EvalError as e:
+        raise ValueError(str(e)) from None
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -227,7 +269,9 @@ def _render(run_id, query, order):
     metrics = evaluate.read_metrics(run_id) if run_id else None
     predictions = evaluate.read_predictions(run_id) if metrics else []
     events = runs.read_events(run_id) if run_id else []
-    return (notice_html(run_id, metrics), summary_table(metrics, run_id or ""), metrics_chart(metrics),
+    note = runs.events_note(run_id) if run_id else ""  # bad lines in events.jsonl were skipped: say so
+    note = f"<div class='wb-warn' id='metrics-events-note'>{note}</div>" if note else ""
+    return (notice_html(run_id, metrics) + note, summary_table(metrics, run_id or ""), metrics_chart(metrics),
             loss_chart(events), examples_table(predictions, query, order))
 
 
@@ -249,28 +293,45 @@ def _pick_updates(selected, listing):
 
 
 def _signature(run_id, listing) -> str:
-    """Cheap 'did anything change?' key for the timer: run ids, states and metrics file times."""
+    """Cheap 'did anything change?' key for the timer: run ids, states and metrics file times, the picked run's
+    events/status and scoring progress (stat calls), and the review votes file (a new vote changes the win rate)."""
     listed, scored = listing
-    return f"{run_id}|" + ",".join(f"{r['id']}:{r['state']}:{scored.get(r['id'], 0)}" for r in listed)
+    key = f"{run_id}|" + ",".join(f"{r['id']}:{r['state']}:{scored.get(r['id'], 0)}" for r in listed)
+    if run_id:
+        try:
+            folder = runs.run_path(run_id)
+            key += "|" + runs.change_marker(run_id) + "|" + _mtime(runs.RunFolder(folder).eval_progress)
+        except runs.RunError:
+            key += "|gone"
+    db = reviews.db_path()
+    return key + "|" + _mtime(db) + _mtime(db.with_name(db.name + "-wal"))
+
+
+def _mtime(path: Path) -> str:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _poll(run_id, query, order, seen):
     listing = _listing()  # one pass over the runs serves both the change check and the refreshed lists
     key = _signature(run_id, listing)
     if key == seen:
-        return (gr.skip(),) * 8
+        return (gr.skip(),) * 10
     pick, compare = _pick_updates(run_id, listing)
-    return (key, pick, compare, *_render(run_id, query, order))
+    return (key, pick, compare, *_render(run_id, query, order), *evaluate_button(run_id))
 
 
 def _evaluate(run_id, request: gr.Request, progress=gr.Progress()):
     guard.require(request, "eval")
     if not run_id:
         raise gr.Error("Pick a run first (the runs list is above).")
-    busy = jobs.active_run()
-    if busy:
-        raise gr.Error(f"Run '{busy}' is training now; scoring would compete with it for the GPU. Wait until it "
-                       f"finishes (it is scored automatically at the end when eval.run_after_training is on).")
+    reason = evaluate.refusal(run_id)  # the rule lives in core: `eval --run` obeys it too
+    if reason:
+        gr.Warning(reason)
+        return run_id
     try:
         metrics = evaluate.evaluate_run(run_id, progress=lambda f, m: progress(f, desc=m))
     except evaluate.EvalError as e:
@@ -297,6 +358,7 @@ def build(demo: gr.Blocks) -> None:
         run_pick = gr.Dropdown([], label="Run", elem_id="metrics-run", scale=4)
         refresh_btn = gr.Button("Refresh", scale=1)
         eval_btn = gr.Button("Evaluate", variant="primary", elem_id="metrics-evaluate", scale=1)
+    eval_reason = gr.Markdown(elem_id="metrics-evaluate-reason")
     notice = gr.HTML(EMPTY, elem_id="metrics-notice")
     summary = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="metrics-summary",
                            label="Base vs fine-tuned")
@@ -313,6 +375,7 @@ def build(demo: gr.Blocks) -> None:
                             elem_id="metrics-examples", label="Per-example")
     with gr.Accordion("Compare runs side by side", open=False):
         compare = gr.Dropdown([], multiselect=True, label="Scored runs", elem_id="metrics-compare")
+        compare_note = gr.HTML(elem_id="metrics-compare-note")
         compare_df = gr.Dataframe(interactive=False, elem_id="metrics-compare-table")
         compare_plot = gr.Plot()
     with gr.Accordion("Export", open=False):
@@ -324,13 +387,23 @@ def build(demo: gr.Blocks) -> None:
     timer = gr.Timer(5.0)
 
     view_out = [notice, summary, chart, losses, examples]
-    run_pick.change(_render, [run_pick, search, order], view_out)
-    search.submit(_examples, [run_pick, search, order], examples)
-    order.change(_examples, [run_pick, search, order], examples)
-    compare.change(lambda ids: (compare_table(ids), compare_chart(ids)), compare, [compare_df, compare_plot])
-    refresh_btn.click(_refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
+    private = {"api_visibility": "private"}
+    run_pick.change(_render, [run_pick, search, order], view_out, **private).then(
+        evaluate_button, run_pick, [eval_btn, eval_reason], **private)
+    search.submit(_examples, [run_pick, search, order], examples, **private)
+    order.change(_examples, [run_pick, search, order], examples, **private)
+    compare.change(lambda ids: (compare_warning(ids), compare_table(ids), compare_chart(ids)), compare,
+                   [compare_note, compare_df, compare_plot], **private)
+    refresh_btn.click(_refresh, run_pick, [run_pick, compare]).then(
+        _render, [run_pick, search, order], view_out, **private).then(
+        evaluate_button, run_pick, [eval_btn, eval_reason], **private)
     eval_btn.click(_evaluate, run_pick, run_pick, concurrency_limit=1, concurrency_id="metrics-eval").then(
-        _refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
+        _refresh, run_pick, [run_pick, compare], **private).then(
+        _render, [run_pick, search, order], view_out, **private).then(
+        evaluate_button, run_pick, [eval_btn, eval_reason], **private)
     export_btn.click(_export, [run_pick, fmt], files)
-    timer.tick(_poll, [run_pick, search, order, seen], [seen, run_pick, compare, *view_out])
-    demo.load(_refresh, run_pick, [run_pick, compare]).then(_render, [run_pick, search, order], view_out)
+    timer.tick(_poll, [run_pick, search, order, seen], [seen, run_pick, compare, *view_out, eval_btn, eval_reason],
+               **private)
+    demo.load(_refresh, run_pick, [run_pick, compare], **private).then(
+        _render, [run_pick, search, order], view_out, **private).then(
+        evaluate_button, run_pick, [eval_btn, eval_reason], **private)

@@ -3,6 +3,7 @@ live progress and curves read from the run folder, log tail, CLI equivalent, his
 from __future__ import annotations
 
 import html
+import re
 
 import gradio as gr
 import yaml
@@ -15,7 +16,9 @@ from workbench.training import jobs
 from workbench.deploy import space
 from workbench.training import events as events_mod
 from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, coerce, iter_fields, preset
+from workbench.data import workspace
 from workbench.data.dataset import DataError
+from workbench.evaluation import evaluate
 from workbench.ui import guard
 
 MODEL_CHOICES = [EMBEDDED_MODEL, MISTRAL_7B]
@@ -25,13 +28,52 @@ def _model_choices() -> list[str]:
     """The embedded model and Mistral-7B, plus the deployment's default model when it is another one."""
     default = space.default_model()
     return MODEL_CHOICES + ([default] if default not in MODEL_CHOICES else [])
+
 # Settings shown elsewhere on the tab (model picker, preset) are not repeated in the form.
 FORM_SKIP = {"model.name_or_path", "preset"}
 FORM_FIELDS = [(n, f) for n, f, _ in iter_fields() if n not in FORM_SKIP]  # one order for widgets and values
 
 
+SECTIONS = [("model", "Model"), ("data", "Data"), ("lora", "LoRA adapter"), ("training", "Training"),
+            ("eval", "Evaluation after training")]
+# Settings most people never change: folded under "More … settings" in their section.
+ADVANCED = {"model.quant_type", "model.double_quant", "model.compute_dtype", "data.dbdemos_dir", "data.columns",
+            "data.cleaning", "data.split_seed", "data.template", "lora.bias", "lora.dropout",
+            "training.lr_scheduler", "training.warmup_ratio", "training.weight_decay", "training.max_grad_norm",
+            "training.optimizer", "training.logging_steps", "training.eval_steps", "training.save_strategy",
+            "training.save_steps", "training.save_every_minutes", "training.seed", "training.num_processes",
+            "eval.batch_size", "model.load_in_4bit", "name"}
+# Plain labels where the field name alone is jargon; the rest are the field name in words.
+LABELS = {"model.max_seq_length": "Longest example (tokens)", "model.load_in_4bit": "Load the base model in 4 bits",
+          "model.quant_type": "4-bit format", "model.double_quant": "Double quantization",
+          "model.compute_dtype": "Compute precision", "data.source": "Data source (when not using the Data tab's)",
+          "data.dbdemos_dir": "dbdemos folder", "data.columns": "Column mapping", "data.cleaning": "Cleaning steps",
+          "data.eval_fraction": "Share held out for evaluation", "data.split_seed": "Split seed",
+          "data.max_train_examples": "At most this many training examples (0 = all)",
+          "data.max_eval_examples": "At most this many evaluation examples (0 = all)",
+          "data.template": "Prompt layout", "data.system_prompt": "System prompt", "lora.r": "Adapter rank (r)",
+          "lora.alpha": "Adapter strength (alpha)", "lora.dropout": "Adapter dropout",
+          "lora.target_modules": "Layers that get an adapter", "lora.bias": "Train bias terms",
+          "training.epochs": "Passes over the data (epochs)", "training.max_steps": "Stop after steps (0 = all epochs)",
+          "training.batch_size": "Batch size", "training.grad_accum": "Gradient accumulation",
+          "training.learning_rate": "Learning rate", "training.lr_scheduler": "Learning-rate schedule",
+          "training.warmup_ratio": "Warm-up share", "training.max_grad_norm": "Clip updates above (grad norm)",
+          "training.gradient_checkpointing": "Save memory (gradient checkpointing)",
+          "training.logging_steps": "Record progress every (steps)", "training.eval_steps": "Evaluate every (steps)",
+          "training.save_strategy": "Save checkpoints", "training.save_every_minutes": "Also save every (minutes)",
+          "training.num_processes": "Training processes", "training.device": "Device",
+          "eval.run_after_training": "Score base vs fine-tuned when training ends",
+          "eval.max_new_tokens": "Longest generated answer (tokens)", "eval.max_examples": "Questions to score",
+          "eval.batch_size": "Questions generated together", "name": "Run name"}
+DATA_TAB, DATA_SETTINGS = "The Data tab's dataset", "The data settings below"
+
+
+def label_of(name: str) -> str:
+    return LABELS.get(name) or name.split(".")[-1].replace("_", " ").capitalize()
+
+
 def _widget(name, f, value):
-    label, info = name, f.metadata.get("help", "")
+    label, info = label_of(name), f.metadata.get("help", "")
     if "choices" in f.metadata:
         return gr.Dropdown(list(f.metadata["choices"]), value=value, label=label, info=info)
     if isinstance(value, bool):
@@ -68,33 +110,64 @@ def config_from_form(model: str, preset_name: str, values) -> RunConfig:
     return cfg
 
 
-def _estimate_text(model, preset_name, *values):
+def training_config(model, preset_name, data_choice, values) -> RunConfig:
+    """The form's RunConfig; with the Data tab's dataset chosen, its data points at the saved file (a path the
+    server chooses: workspace.records_path(), never one from the request)."""
+    cfg = config_from_form(model, preset_name, values)
+    if data_choice == DATA_TAB:
+        try:
+            cfg.data = workspace.data_config(cfg.data)
+        except ValueError as e:
+            raise ConfigError([f"{e} Or choose '{DATA_SETTINGS}'."]) from None
+    return cfg
+
+
+def dataset_text(data_choice, preset_name="quick-demo-cpu") -> str:
+    """What Start will train on, shown beside it: the record count and the cleaning summary."""
+    meta = workspace.manifest()
+    try:
+        data_cfg = preset(preset_name).data if preset_name else None
+    except ConfigError:
+        data_cfg = None
+    if data_choice == DATA_TAB:
+        if meta is None:
+            return ("<div class='wb-warn' id='train-dataset'>No dataset saved from the Data tab yet: load and clean one "
+                    "there (it is saved as you go), or choose “The data settings below”.</div>")
+        return f"<div id='train-dataset'><b>Trains on:</b> {html.escape(workspace.describe(meta, data_cfg))}</div>"
+    source = data_cfg.source if data_cfg else "?"
+    saved = f" The Data tab's dataset ({meta['rows']:,} records) is not used." if meta else ""
+    return (f"<div id='train-dataset'><b>Trains on:</b> data.source “{html.escape(source)}” as set below, with its "
+            f"cleaning steps applied when the run starts.{saved}</div>")
+
+
+def _estimate_text(model, preset_name, data_choice, *values):
     """The estimate (or what to fix) and the command line that starts the same run."""
     try:
-        cfg = config_from_form(model, preset_name, values)
+        cfg = training_config(model, preset_name, data_choice, values)
     except ConfigError as e:
         return f"<div class='wb-error'>{'<br>'.join(e.messages)}</div>", gr.skip()
     problems = cfg.validate()
     gpu, total = estimate.detected_gpu()
-    steps = cfg.training.max_steps or None
-    text = estimate.describe(cfg, gpu, total, steps)
+    meta = workspace.manifest() if data_choice == DATA_TAB else None
+    steps = estimate.planned_steps(cfg, meta["rows"] if meta else None)
+    text = estimate.describe(cfg, gpu, total, steps, None if gpu else estimate.measured_on_this_machine(cfg))
     command = f"Same run from a terminal:\n```\n{jobs.cli_for_config(cfg)}\n```"
     if problems:
         return "<div class='wb-error'>" + "<br>".join(problems) + "</div>" + text, command
     return text, command
 
 
-def _start(request: gr.Request, model, preset_name, *values):
+def _start(request: gr.Request, model, preset_name, data_choice, *values):
     guard.require(request, "train")
     try:
-        cfg = config_from_form(model, preset_name, values)
+        cfg = training_config(model, preset_name, data_choice, values)
         _free_chat_memory()
         run_id = jobs.start_run(cfg)
     except ConfigError as e:
         raise gr.Error(" ".join(e.messages)) from None
     except (jobs.JobError, runs.RunError, DataError) as e:
         raise gr.Error(str(e)) from None
-    gr.Info(f"Started run {run_id}")
+    gr.Info(f"Started run {run_id}: loading the model and the data first (about half a minute on a CPU).")
     return _history(run_id)
 
 
@@ -128,31 +201,94 @@ def _resume(run_id, request: gr.Request):
     gr.Info(f"Resumed {run_id}.")
 
 
+def _delete(run_id, confirm, request: gr.Request):
+    guard.require(request, "delete")
+    if not run_id:
+        raise gr.Error("Pick a run first.")
+    if not confirm:  # a warning, not an error badge over the form
+        gr.Warning(f"Tick “Yes, delete the selected run” first: deleting {run_id} removes its folder (checkpoints, "
+                   f"adapter, metrics) for good.")
+        return (gr.skip(),) * 4
+    try:
+        runs.delete_run(run_id)
+    except runs.RunError as e:
+        raise gr.Error(str(e)) from None
+    gr.Info(f"Deleted run {run_id}.")
+    return (*_history(None), False)
+
+
 def _history(selected=None):
     rows = runs.list_runs()
     table = [[r["id"], r["state"], f"{r['step']}/{r['total_steps']}", r["model"], r["created"]] for r in rows]
     ids = [r["id"] for r in rows]
     value = selected if selected in ids else (ids[0] if ids else None)
-    return gr.update(choices=ids, value=value), table, gr.update(choices=ids)
+    return gr.update(choices=ids, value=value), table, gr.update(choices=[i for i in ids if i != value])
 
 
-def progress_html(status: dict, events: list[dict]) -> str:
+def progress_html(status: dict, events: list[dict], scoring: dict | None = None) -> str:
     p = events_mod.fold(events, status)  # the pure fold of the run's events (tested without a UI)
     state = p.get("state", "no run")
     step, total = int(p.get("step", 0) or 0), int(p.get("total_steps", 0) or 0)
     frac = min(step / total, 1.0) if total else 0.0
-    eta = p.get("eta_s") if state == "running" else None
+    eta = estimate.eta_seconds(events, step, total) if state == "running" else None  # from the measured pace
+    per_step = estimate.measured_seconds_per_step(events)
+    pace = f" · {per_step:.1f} s/step" if per_step else ""
     mem = f"GPU {p['gpu_mem_gb']:.1f} GB" if "gpu_mem_gb" in p else (
         f"RAM {p['cpu_mem_gb']:.1f} GB" if "cpu_mem_gb" in p else "")
     color = {"failed": "#dc2626", "completed": "#16a34a", "interrupted": "#d97706"}.get(state, "#2563eb")
     notes = [n for n in (p.get("reason"), p.get("nonfinite") and f"Warning: {p['nonfinite']}") if n]
+    if state in ("queued", "running") and not step and not events:
+        notes.insert(0, "Loading the model and preparing the data… (about half a minute on a CPU; the first "
+                        "use of the embedded model also converts it once, ≈20 s)")
     reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes)
+    steps_text = f"{step}/{total}" if total else f"{step}/…"
+    eta_text = _fmt(eta) if eta is not None else ("measuring…" if state == "running" else "—")
+    scoring_line = ""
+    if scoring:
+        sfrac = min(max(float(scoring.get("fraction") or 0), 0.0), 1.0)
+        scoring_line = (f"<div class='wb-warn' id='train-scoring'><b>{html.escape(evaluate.progress_text(scoring))}"
+                        f"</b> — the Metrics tab shows the results when it finishes."
+                        f"<div style='background:#e5e7eb;border-radius:4px;height:8px;margin-top:4px'><div style="
+                        f"'background:#2563eb;width:{sfrac * 100:.1f}%;height:8px;border-radius:4px'></div></div></div>")
     return (f"<div id='train-progress'><b>State: <span id='train-state'>{state}</span></b> · step "
-            f"<span id='train-step'>{step}</span>/{total} · elapsed {_fmt(p.get('elapsed'))} · ETA "
-            f"{_fmt(eta) if eta is not None else '—'} · {p.get('tokens_per_s', '—')} tokens/s · {mem}"
+            f"<span id='train-step'>{step}</span><span id='train-total'>{steps_text[len(str(step)):]}</span> · "
+            f"elapsed {_fmt(p.get('elapsed'))} · ETA <span id='train-eta'>{eta_text}</span>{pace} · "
+            f"{p.get('tokens_per_s', '—')} tokens/s · {mem}"
             f"<div style='background:#e5e7eb;border-radius:4px;height:14px;margin-top:6px'>"
             f"<div style='background:{color};width:{frac * 100:.1f}%;height:14px;border-radius:4px'></div></div>"
-            f"{reason}</div>")
+            f"{reason}{scoring_line}</div>")
+
+
+# Lines of train.log that are known to be harmless on this setup; the tab hides them (train.log keeps them).
+HARMLESS = [re.compile(p) for p in (
+    r"gemm_4bit_forward", r"No module named 'kernels'", r"pip install kernels", r"^\s*warnings\.warn\(",
+    r"FutureWarning", r"UserWarning: .*(deprecated|will be removed)", r"^\s*$")]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+LOG_LINES = 14
+
+
+def clean_log(text: str, lines: int = LOG_LINES) -> str:
+    """What the tab shows of train.log: escape codes removed, a progress bar redrawn with carriage returns kept
+    only in its last state, known-harmless warnings dropped, and the newest `lines` lines."""
+    out = []
+    for raw in _ANSI.sub("", text).replace("\r\n", "\n").split("\n"):
+        line = raw.split("\r")[-1] if "\r" in raw.rstrip("\r") else raw.rstrip("\r")
+        line = line.rstrip()
+        if any(p.search(line) for p in HARMLESS):
+            continue
+        if out and _same_bar(out[-1], line):
+            out[-1] = line  # consecutive states of one progress bar: keep the latest
+            continue
+        out.append(line)
+    return "\n".join(out[-lines:])
+
+
+_BAR = re.compile(r"^(.*?)\s*\d+%\|")
+
+
+def _same_bar(previous: str, line: str) -> bool:
+    a, b = _BAR.match(previous), _BAR.match(line)
+    return bool(a and b and a.group(1) == b.group(1))
 
 
 def _fmt(seconds) -> str:
@@ -160,11 +296,18 @@ def _fmt(seconds) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _short(run_id: str) -> str:
+    parts = run_id.split("-", 2)
+    return f"{parts[2]} ({parts[1][:4]})" if len(parts) == 3 and parts[0].isdigit() else run_id[-24:]
+
+
 def curves(events_by_run: dict[str, list[dict]]) -> go.Figure:
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss (solid) / eval loss (dashed)", "learning rate",
-                                                        "grad norm"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Loss (solid) · eval loss (dashed)", "Learning rate",
+                                                        "Gradient norm"))
+    rates = []
     for run_id, events in events_by_run.items():
-        label = run_id[-24:]
+        label = _short(run_id)
+        rates += [e["learning_rate"] for e in events if isinstance(e.get("learning_rate"), (int, float))]
         train = [e for e in events if "loss" in e]
         evals = [e for e in events if "eval_loss" in e]
         fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name=f"{label} loss",
@@ -176,90 +319,165 @@ def curves(events_by_run: dict[str, list[dict]]) -> go.Figure:
                                  name=f"{label} lr", showlegend=False), 1, 2)
         fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e.get("grad_norm") for e in train],
                                  name=f"{label} grad", showlegend=False), 1, 3)
-    fig.update_layout(height=340, margin={"t": 40, "b": 30, "l": 40, "r": 10}, legend={"orientation": "h"})
+    # Learning rates are small numbers (2e-4): scientific ticks, and an axis from 0 that a constant rate cannot
+    # collapse to an empty -1…1 range.
+    top = max(rates, default=0.0)
+    fig.update_yaxes(tickformat=".1e", rangemode="tozero", row=1, col=2,
+                     **({"range": [0, top * 1.15]} if top > 0 else {}))
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=360, margin={"t": 50, "b": 40, "l": 60, "r": 10},
+                      legend={"orientation": "h", "y": -0.18})
     return fig
 
 
+def buttons_for(state: str | None) -> tuple:
+    """Stop only while the run is active; Resume only when it stopped or broke off (and can continue)."""
+    return (gr.update(interactive=state in runs.ACTIVE_STATES),
+            gr.update(interactive=state in ("stopped", "interrupted", "failed")))
+
+
 def _view(run_id, compare, last_seen):
-    """Timer tick: cheap check of the run's last event; redraw only when something changed."""
+    """Timer tick: cheap check of the run folder (stat calls); redraw only what changed."""
+    n = 8
     if not run_id:
         return (gr.skip(), "<div class='wb-empty'>No run yet: choose a preset and press Start.</div>",
-                gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                *[gr.skip()] * 4, *buttons_for(None))
     try:
+        folder = runs.folder(run_id)
         data_key = "|".join(runs.change_marker(r) for r in [run_id, *(compare or [])])  # stat() calls only
-        log_path = runs.run_path(run_id) / "train.log"
+        data_key += "|" + _stat(folder.eval_progress)
+        log_path = folder.log
     except runs.RunError:
-        return gr.skip(), "Run not found.", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (gr.skip(), "Run not found.", *[gr.skip()] * (n - 2))
     key = f"{data_key}#{log_path.stat().st_size if log_path.is_file() else 0}"
     if key == last_seen:
-        return (gr.skip(),) * 6
-    log = runs.log_tail(run_id)
+        return (gr.skip(),) * n
+    log = clean_log(runs.log_tail(run_id))
     if data_key == (last_seen or "").split("#")[0]:  # only the log grew (e.g. the model is loading)
-        return key, gr.skip(), gr.skip(), log, gr.skip(), gr.skip()
+        return (key, gr.skip(), gr.skip(), log, *[gr.skip()] * (n - 4))
     status = runs.read_status(run_id)
     events = runs.read_events(run_id)
     series = {run_id: events}
     for other in compare or []:
         if other != run_id:
             series[other] = runs.read_events(other)
-    cmd = jobs.cli_equivalent(run_id, resume=status.get("state") in ("stopped", "interrupted"))
-    return key, progress_html(status, events), curves(series), log, f"```\n{cmd}\n```", _history(run_id)[1]
+    state = status.get("state")
+    cmd = jobs.cli_equivalent(run_id, resume=state in ("stopped", "interrupted"))
+    scoring = evaluate.read_progress(run_id)
+    note = runs.events_note(run_id)  # bad lines in events.jsonl were skipped: say so
+    note = f"<div class='wb-warn' id='train-events-note'>{note}</div>" if note else ""
+    return (key, progress_html(status, events, scoring) + note, curves(series), log, f"```\n{cmd}\n```",
+            _history(run_id)[1], *buttons_for(state))
+
+
+def _compare_choices(run_id, chosen):
+    """The overlay list offers every run but the one shown."""
+    ids = [r["id"] for r in runs.list_runs()]
+    return gr.update(choices=[i for i in ids if i != run_id], value=[i for i in chosen or [] if i != run_id])
+
+
+def _stat(path) -> str:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def build(demo: gr.Blocks) -> None:
-    gr.Markdown("Pick a base model and a preset, adjust anything, and start a 4-bit LoRA run in the background. "
-                "It keeps running if you close or refresh this page. **One training run at a time**: Start is "
-                "refused while another run trains.")
+    gpu = estimate.detected_gpu()[0]
+    gr.Markdown("Pick a base model and a preset, check what it trains on, and start a 4-bit LoRA run in the "
+                "background. It keeps running if you close or refresh this page. **One training run at a time**: "
+                "Start is refused while another run trains" + (" (it needs the GPU)." if gpu else
+                                                                " (this machine has no GPU: runs use the CPU)."))
     with gr.Row():
         model = gr.Dropdown(_model_choices(), value=space.default_model(), allow_custom_value=True, label="Base model",
                             info="The embedded SmolLM2-135M runs offline on a CPU; Mistral-7B needs a GPU; or type "
                                  "any Hugging Face model id or a local model folder.")
-        preset_pick = gr.Dropdown(list(PRESETS), value="quick-demo-cpu", label="Preset",
-                                  info=" · ".join(f"{k}: {v[1]}" for k, v in PRESETS.items()))
+        preset_pick = gr.Dropdown(list(PRESETS), value="quick-demo-cpu", label="Preset", elem_id="train-preset")
+    gr.Markdown("\n".join(f"- **{k}** — {v[1]}" for k, v in PRESETS.items()), elem_id="train-presets")
+    with gr.Row():
+        has_saved = workspace.manifest() is not None
+        data_choice = gr.Radio([DATA_TAB, DATA_SETTINGS], value=DATA_TAB if has_saved else DATA_SETTINGS,
+                               label="Training data", elem_id="train-data-choice", scale=1)
+        data_md = gr.HTML(elem_id="train-data-box")
     estimate_md = gr.Markdown(elem_id="train-estimate")
-    new_cli = gr.Markdown(elem_id="train-new-cli")
-    form = []
-    with gr.Accordion("All settings (each explained)", open=False):
-        defaults = preset("quick-demo-cpu")
-        for name, f in FORM_FIELDS:
-            form.append(_widget(name, f, defaults.get(name)))
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
-        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop")
-        resume_btn = gr.Button("Resume", elem_id="train-resume")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop", interactive=False)
+        resume_btn = gr.Button("Resume", elem_id="train-resume", interactive=False)
+    new_cli = gr.Markdown(elem_id="train-new-cli")
+    defaults = preset("quick-demo-cpu")
+    widgets = {}
+    with gr.Accordion("Settings (each explained)", open=False, elem_id="train-settings"):
+        for section, title in SECTIONS:
+            names = [n for n, _ in FORM_FIELDS if n.split(".")[0] == section or (section == "model" and n == "name")]
+            with gr.Accordion(title, open=section in ("training",)):
+                for name in [n for n in names if n not in ADVANCED]:
+                    widgets[name] = _widget(name, dict(FORM_FIELDS)[name], defaults.get(name))
+                more = [n for n in names if n in ADVANCED]
+                if more:
+                    with gr.Accordion(f"More {title.split()[0].lower() if section != 'lora' else 'LoRA'} settings",
+                                      open=False):
+                        for name in more:
+                            widgets[name] = _widget(name, dict(FORM_FIELDS)[name], defaults.get(name))
+    form = [widgets[name] for name, _ in FORM_FIELDS]  # the order config_from_form reads them in
     with gr.Row():
         run_pick = gr.Dropdown([], label="Run", elem_id="train-run")
-        compare = gr.Dropdown([], multiselect=True, label="Overlay other runs' curves")
+        compare = gr.Dropdown([], multiselect=True, label="Overlay other runs' curves", elem_id="train-compare")
     progress = gr.HTML(elem_id="train-progress-box")
     plot = gr.Plot(label="Curves", elem_id="train-curves")
     with gr.Row():
-        log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, autoscroll=True)
+        log = gr.Textbox(label="Log (newest lines; known-harmless warnings hidden — train.log has everything)",
+                         lines=LOG_LINES, max_lines=LOG_LINES, autoscroll=True, elem_id="train-log")
         cli = gr.Markdown(label="Command-line equivalent")
     history = gr.Dataframe(headers=["run", "state", "step", "model", "created"], interactive=False,
                            label="Run history")
+    with gr.Accordion("Delete a run (admins)", open=False):
+        with gr.Row():
+            confirm = gr.Checkbox(False, label="Yes, delete the selected run", elem_id="train-delete-confirm")
+            delete_btn = gr.Button("Delete run", variant="stop", elem_id="train-delete")
     last_seen = gr.State("")
+    data_seen = gr.State("")
     timer = gr.Timer(2.0)
+    private = {"api_visibility": "private"}
 
     # The cheap part (choose a preset) fills the form from the RunConfig fields.
     def load_preset(name):
         return _form_values(preset(name))
 
-    preset_pick.change(load_preset, preset_pick, form)
-    for comp in (model, preset_pick, *form):
-        comp.change(_estimate_text, [model, preset_pick, *form], [estimate_md, new_cli])
-    start_btn.click(_start, [model, preset_pick, *form], [run_pick, history, compare],
+    def data_tick(choice, preset_name, seen):
+        """When the Data tab saved another dataset (a stat call per tick): train on it, and say so beside Start."""
+        key = workspace.change_key()
+        if key == seen:
+            return gr.skip(), gr.skip(), gr.skip()
+        if key != "-":
+            choice = DATA_TAB
+        return key, choice, dataset_text(choice, preset_name)
+
+    estimate_in = [model, preset_pick, data_choice, *form]
+    preset_pick.change(load_preset, preset_pick, form, **private)
+    for comp in (model, preset_pick, data_choice, *form):
+        comp.change(_estimate_text, estimate_in, [estimate_md, new_cli], **private)
+    for comp in (preset_pick, data_choice):
+        comp.change(dataset_text, [data_choice, preset_pick], data_md, **private)
+    start_btn.click(_start, estimate_in, [run_pick, history, compare],
                     concurrency_limit=1, concurrency_id="train-start").then(
-        lambda: "", None, last_seen)
+        lambda: "", None, last_seen, **private)
     stop_btn.click(_stop, run_pick, None)
-    resume_btn.click(_resume, run_pick, None).then(lambda: "", None, last_seen)
-    view_io = ([run_pick, compare, last_seen], [last_seen, progress, plot, log, cli, history])
-    timer.tick(_view, *view_io)
-    run_pick.change(_view, *view_io)
-    compare.change(_view, *view_io)
+    delete_btn.click(_delete, [run_pick, confirm], [run_pick, history, compare, confirm]).then(
+        lambda: "", None, last_seen, **private)
+    resume_btn.click(_resume, run_pick, None).then(lambda: "", None, last_seen, **private)
+    view_io = ([run_pick, compare, last_seen], [last_seen, progress, plot, log, cli, history, stop_btn, resume_btn])
+    timer.tick(_view, *view_io, **private)
+    timer.tick(data_tick, [data_choice, preset_pick, data_seen], [data_seen, data_choice, data_md], **private)
+    run_pick.change(_view, *view_io, **private).then(_compare_choices, [run_pick, compare], compare, **private)
+    compare.change(_view, *view_io, **private)
 
     def on_load():
         pick, table, comp = _history(jobs.active_run())
         return pick, table, comp
 
-    demo.load(on_load, None, [run_pick, history, compare]).then(
-        _estimate_text, [model, preset_pick, *form], [estimate_md, new_cli])
+    demo.load(on_load, None, [run_pick, history, compare], **private).then(
+        _estimate_text, estimate_in, [estimate_md, new_cli], **private).then(
+        dataset_text, [data_choice, preset_pick], data_md, **private)

@@ -1,0 +1,112 @@
+"""The current dataset: the Data tab's mapped and cleaned table, saved under the data folder so a run trains on
+exactly it and it survives an app restart.
+
+`<data_dir>/datasets/current.jsonl` holds the records ({id, instruction, input, output, context}) and
+`current.json` a small manifest (where they came from, the mapping, the cleaning steps applied with their
+counts, the row count, when). The file name is fixed here, never taken from a request. A run uses it through
+an ordinary file source (`data.source: <that path>`, no further cleaning), so the run folder records the path
+and its own copy of the split, as for any other source.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from workbench import paths
+from workbench.config import DataConfig
+from workbench.data.dataset import RECORD_COLUMNS, write_jsonl
+
+NAME = "current"
+
+
+def folder() -> Path:
+    return paths.data_dir() / "datasets"
+
+
+def records_path() -> Path:
+    return folder() / f"{NAME}.jsonl"
+
+
+def manifest_path() -> Path:
+    return folder() / f"{NAME}.json"
+
+
+def save(table: pd.DataFrame, source: str, mapping: dict | None = None, steps: list[dict] | None = None) -> dict:
+    """Write the table's records and the manifest (records first, manifest last: a manifest means a whole file).
+
+    `steps`: the cleaning reports applied so far, each {step, edited, dropped} (as cleaning.apply_steps gives).
+    """
+    if table is None or table.empty:
+        raise ValueError("There is no data to save; load a source and apply its mapping first.")
+    cols = ["id"] + RECORD_COLUMNS
+    path = write_jsonl(table[cols].to_dict("records"), folder() / f".{NAME}.jsonl.tmp")
+    path.replace(records_path())
+    manifest = {"source": str(source or ""), "mapping": dict(mapping or {}), "rows": int(len(table)),
+                "cleaning": [{k: s.get(k, 0) for k in ("step", "edited", "dropped")} for s in steps or []],
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "file": records_path().name}
+    paths.atomic_write(manifest_path(), json.dumps(manifest, indent=1, ensure_ascii=False))
+    return manifest
+
+
+def manifest() -> dict | None:
+    """The saved dataset's manifest, or None when nothing is saved (or its records file is gone)."""
+    try:
+        data = json.loads(manifest_path().read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if records_path().is_file() else None
+
+
+def load() -> tuple[pd.DataFrame, dict] | None:
+    """(records table, manifest) of the saved dataset, or None."""
+    from workbench.data.dataset import read_jsonl
+
+    meta = manifest()
+    if meta is None:
+        return None
+    rows = read_jsonl(records_path())
+    table = pd.DataFrame(rows, columns=["id"] + RECORD_COLUMNS).fillna("").astype(str)
+    return table, meta
+
+
+def change_key() -> str:
+    """Cheap 'did the saved dataset change?' key (a stat, no read)."""
+    try:
+        st = manifest_path().stat()
+    except FileNotFoundError:
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def data_config(base: DataConfig) -> DataConfig:
+    """`base` (split, caps, template of the run) pointed at the saved dataset: a file source, cleaned already."""
+    from dataclasses import replace
+
+    if manifest() is None:
+        raise ValueError("No dataset is saved from the Data tab yet; load and clean one there first.")
+    return replace(base, source=str(records_path()), dbdemos_dir="", columns={}, cleaning=[])
+
+
+def cleaning_summary(meta: dict) -> str:
+    steps = meta.get("cleaning") or []
+    if not steps:
+        return "no cleaning steps applied"
+    return "cleaned: " + ", ".join(f"{s['step']} (−{s['dropped']:,} rows, {s['edited']:,} edited)" for s in steps)
+
+
+def describe(meta: dict | None, data_cfg: DataConfig | None = None) -> str:
+    """One line for people: what the saved dataset is and how a run with `data_cfg` splits it."""
+    if meta is None:
+        return "No dataset saved from the Data tab yet."
+    d = data_cfg or DataConfig()
+    caps = []
+    if d.max_train_examples:
+        caps.append(f"at most {d.max_train_examples:,} trained on")
+    if d.max_eval_examples:
+        caps.append(f"at most {d.max_eval_examples:,} scored")
+    cap = f" ({', '.join(caps)}, as the settings say)" if caps else ""
+    return (f"{meta['rows']:,} records from {meta.get('source') or 'the Data tab'} · {cleaning_summary(meta)} · "
+            f"{d.eval_fraction:.0%} held out (seed {d.split_seed}){cap} · saved {meta.get('saved_at', '')}")
