@@ -84,23 +84,24 @@ def test_resume_refuses_when_no_checkpoint_is_intact():
 
 @pytest.mark.integration
 def test_resume_skips_a_truncated_checkpoint_says_so_and_loses_no_step():
-    run_id = jobs.start_run(tiny_config(steps=10))
+    run_id = jobs.start_run(tiny_config(steps=6))
     run = runs.folder(run_id)
-    wait_for(lambda: len([c for c in run.checkpoint_dirs() if (c / checkpoints.MARKER).is_file()]) >= 2)
+    # A shared CPU can take a minute a step: generous guards, no timing asserted.
+    wait_for(lambda: len([c for c in run.checkpoint_dirs() if (c / checkpoints.MARKER).is_file()]) >= 2, timeout=1200)
     jobs.stop_run(run_id)
-    status = wait_state(run_id, {"stopped", "failed", "completed"})
+    status = wait_state(run_id, {"stopped", "failed", "completed"}, timeout=600)
     assert status["state"] == "stopped", status
     newest, older = run.checkpoint_dirs()[:2]
     assert all((c / checkpoints.MARKER).is_file() and checkpoints.problem(c) is None for c in (newest, older))
     truncate(newest / "optimizer.pt")  # as a kill or a full disk leaves it
     assert run_cli("resume", run_id).returncode == 0
-    status = wait_state(run_id, {"completed", "failed"})
+    status = wait_state(run_id, {"completed", "failed"}, timeout=1200)
     assert status["state"] == "completed", status | {"log": runs.log_tail(run_id, 3000)}
     assert f"{newest.name} is damaged (optimizer.pt" in status["resume_note"]
     assert f"resuming from {older.name}" in status["resume_note"]
     assert f"resuming from {older.name}" in run.log.read_text()
     assert (run.checkpoints / f"{checkpoints.SET_ASIDE_PREFIX}{newest.name}").is_dir()
-    assert steps_of(run_id) == list(range(1, 11))  # steps after the older checkpoint were trained again, once
+    assert steps_of(run_id) == list(range(1, 7))  # steps after the older checkpoint were trained again, once
 
 
 @pytest.mark.integration
@@ -113,15 +114,15 @@ def test_a_foreground_train_preset_is_alive_stoppable_and_not_resumable_while_it
                             cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        run_id = wait_for(lambda: next((r["id"] for r in runs.list_runs()), None), timeout=60)
-        wait_for(lambda: len(steps_of(run_id)) >= 2 or proc.poll() is not None)
+        run_id = wait_for(lambda: next((r["id"] for r in runs.list_runs()), None), timeout=120)
+        wait_for(lambda: len(steps_of(run_id)) >= 2 or proc.poll() is not None, timeout=1200)
         listing = {r["id"]: r for r in json.loads(run_cli("runs", "--json").stdout)}
         assert listing[run_id]["state"] == "running", listing  # was marked 'interrupted' from the command line
         resumed = run_cli("resume", run_id)
         assert resumed.returncode == 1 and "training now" in resumed.stderr, resumed.stderr
         stopped = run_cli("stop", run_id)
         assert stopped.returncode == 0, stopped.stderr
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=1200)
     finally:
         if proc.poll() is None:
             proc.kill()
