@@ -55,8 +55,9 @@ def test_summary_table_has_the_seed_layout_and_direction_of_change():
 
 def test_win_rate_row_reads_real_review_votes():
     run_id = scored_run()
-    for choice, left, right in (("left", run_id, "base"), ("right", "base", run_id), ("left", "base", run_id)):
-        reviews.record_vote("alice", "q?", left, right, "a", "b", choice)
+    for n, (choice, left, right) in enumerate((("left", run_id, "base"), ("right", "base", run_id),
+                                               ("left", "base", run_id))):
+        reviews.record_vote("alice", f"q{n}?", left, right, "a", "b", choice)  # one vote per question
     row = metrics_tab.win_rate_row(run_id)  # 2 wins, 1 loss
     assert row[:3] == ["Blind-review win rate", "33%", "67%"] and "3 rated votes" in row[3]
 
