@@ -31,6 +31,10 @@ READ_ONLY_VIEWS = {
     "_token_stats", "_leakage", "_show_licence", "load_preset", "_estimate_text", "_view", "on_load",
     "_render", "_examples", "_refresh", "_poll", "stop", "clear", "chat_refresh", "_plan", "_card",
     "_run_changed", "_clear", "whoami_text", "evaluate_button",
+    # issue 13 (reviewed): the saved training dataset is shown, never written, for visitors (_autosave checks the
+    # role and only says "read-only"); paging/selection read the session's own table; the rest read run folders.
+    "_autosave", "_open_saved", "data_tick", "dataset_text", "_compare_choices", "first_page", "next_page",
+    "previous_page", "row_detail",
 }
 
 
