@@ -162,9 +162,8 @@ def test_visitors_read_only_see_views_and_visitors_none_see_nothing(server):
 
 def test_wrong_password_gets_no_session(server):
     from gradio_client import Client
-    from gradio_client.exceptions import AuthenticationError
 
-    with pytest.raises(AuthenticationError, match="(?i)could not login|incorrect|credentials"):
+    with pytest.raises(ValueError, match="Could not login"):  # gradio_client's refusal of a bad password
         Client(server.url, auth=("alice", "wrong"), verbose=False)
 
 
