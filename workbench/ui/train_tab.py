@@ -20,6 +20,7 @@ from workbench.data import workspace
 from workbench.data.dataset import DataError
 from workbench.evaluation import evaluate
 from workbench.ui import guard
+from workbench.ui import search_panel
 
 MODEL_CHOICES = [EMBEDDED_MODEL, MISTRAL_7B]
 
@@ -481,3 +482,4 @@ def build(demo: gr.Blocks) -> None:
     demo.load(on_load, None, [run_pick, history, compare], **private).then(
         _estimate_text, estimate_in, [estimate_md, new_cli], **private).then(
         dataset_text, [data_choice, preset_pick], data_md, **private)
+    search_panel.build(demo, estimate_in)  # "Find a recipe": a search starts from these same settings
