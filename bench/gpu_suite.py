@@ -79,7 +79,8 @@ def build_random_mistral() -> Path:
     return MODEL_DIR
 
 
-def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: bool = True, processes: int = 1) -> dict:
+def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: bool = True, processes: int = 1,
+               packing: str = "auto") -> dict:
     import torch
 
     from workbench import runs
@@ -96,6 +97,8 @@ def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: boo
     cfg.training.optimizer = "paged_adamw_8bit" if small else "adamw_torch"
     cfg.training.gradient_checkpointing = checkpointing
     cfg.training.num_processes = processes
+    cfg.training.packing = packing
+    cfg.data.dbdemos_dir = os.environ.get("WORKBENCH_DBDEMOS_DIR", "")
     cfg.eval.run_after_training = False
     cfg.training.eval_steps = 10_000
     run_id = train.jobs.create_run(cfg)
@@ -127,10 +130,78 @@ def train_once(upcast: bool, steps: int, small: bool = False, checkpointing: boo
               "workbench recipe (bf16 kept)", "state": state, "steps": len(events),
               "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
               "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-              "wall_s": round(time.time() - t0, 1), "reason": runs.read_status(run_id).get("reason", "")}
+              "wall_s": round(time.time() - t0, 1), "reason": runs.read_status(run_id).get("reason", ""),
+              "packing": packing, "replicas_agree": runs.read_status(run_id).get("replicas_agree"),
+              "rank0_gpu_mem_gb": events[-1].get("gpu_mem_gb") if events else None,
+              "losses": [round(e["loss"], 4) for e in events]}
     print(json.dumps(result), flush=True)
+    import gc
+
+    gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+class GpuMemoryWatch:
+    """Peak memory used on every GPU while a run trains (nvidia-smi every 0.5 s; the ranks are other processes)."""
+
+    def __enter__(self):
+        import subprocess
+        import tempfile
+
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".csv", delete=False)
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits",
+                                      "-lms", "500"], stdout=self.log, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+        peaks: dict[int, float] = {}
+        for line in Path(self.log.name).read_text().splitlines():
+            try:
+                index, used = (int(x) for x in line.split(","))
+            except ValueError:
+                continue
+            peaks[index] = max(peaks.get(index, 0.0), round(used / 1024, 2))
+        self.peak_gb = [peaks[i] for i in sorted(peaks)]
+
+
+def scale_bench(steps: int) -> None:
+    """1 process vs one per GPU, through `python -m workbench train`'s own path (the supervisor starts
+    `accelerate launch` when training.num_processes > 1), on the default packed path and on the plain padded one.
+    Batch size is per process, so N processes train N times the examples per optimizer step; tokens/s counts the
+    real tokens of all ranks (the Trainer gathers them). Writes bench/results/scale_2gpu.json."""
+    import torch
+
+    from workbench import runs
+
+    gpus = torch.cuda.device_count()
+    result = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus, "torch": torch.__version__,
+              "command": "python bench/gpu_suite.py scale", "steps": steps, "paths": {}}
+    for packing, n_steps in (("auto", steps), ("off", max(8, steps // 2))):
+        one, many = None, None
+        for processes in (1, gpus):
+            with GpuMemoryWatch() as watch:
+                r = train_once(upcast=False, steps=n_steps, processes=processes, packing=packing)
+            r["gpu_peak_used_gb"] = watch.peak_gb  # nvidia-smi's memory.used per GPU (allocator cache included)
+            if processes == 1:
+                one = r
+            else:
+                many = r
+        entry = {"one_process": one, "processes": many}
+        if one["tokens_per_s"] and many["tokens_per_s"]:
+            entry["speedup"] = round(many["tokens_per_s"] / one["tokens_per_s"], 2)
+            entry["efficiency"] = round(entry["speedup"] / gpus, 2)
+        result["paths"]["packed (default)" if packing == "auto" else "plain padded"] = entry
+        print(json.dumps({"bench": "scale", "packing": packing, **{k: v for k, v in entry.items()
+                                                                   if k in ("speedup", "efficiency")}}), flush=True)
+    out = Path(__file__).resolve().parent / "results" / "scale_2gpu.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / out.name).write_text(out.read_text())
+    print(json.dumps(result), flush=True)
 
 
 def generate_bench(new_tokens: int = 128) -> None:
@@ -186,14 +257,7 @@ def main() -> None:
         return profile_small(steps)
     build_random_mistral()
     if what == "scale":  # needs 2+ GPUs (nvidia-h200-x2): tokens/s of N processes vs 1, same recipe and data
-        gpus = torch.cuda.device_count()
-        one = train_once(upcast=False, steps=steps)
-        many = train_once(upcast=False, steps=steps, processes=gpus)
-        if one["tokens_per_s"] and many["tokens_per_s"]:
-            print(json.dumps({"bench": "scale", "gpus": gpus, "speedup": round(many["tokens_per_s"] /
-                                                                               one["tokens_per_s"], 2),
-                              "efficiency": round(many["tokens_per_s"] / one["tokens_per_s"] / gpus, 2)}))
-        return
+        return scale_bench(steps)
     if what == "train":
         # Each variant runs twice, interleaved, so warm-up and ordering effects show up instead of hiding.
         results = {True: [], False: []}

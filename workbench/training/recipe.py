@@ -25,12 +25,33 @@ def build_model(cfg: RunConfig, device: str):
     from workbench.models import load_model
 
     model, tokenizer, device = load_model(cfg.model, device)
+    if _packed(cfg, device):  # per-example attention over packed rows (+ fused kernels where installed)
+        from workbench.training import attention, packing
+
+        attention.use_packed_attention(model)
+        if device == "cuda":
+            print(f"kernels: {', '.join(packing.apply_kernels(model)) or 'none (liger-kernel not installed)'}",
+                  flush=True)
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()  # what prepare_model_for_kbit_training does, minus the fp32 upcast
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora), tokenizer, device
+    from transformers import set_seed
+
+    set_seed(cfg.training.seed)  # the adapter's initial weights follow the run's seed, whatever ran before
+    model = get_peft_model(model, lora)
+    if _packed(cfg, device):  # the loss applies the LM head itself, in chunks (workbench.training.packing)
+        from workbench.training import packing
+
+        packing.use_chunked_loss(model)
+    return model, tokenizer, device
+
+
+def _packed(cfg: RunConfig, device: str) -> bool:
+    from workbench.training import packing
+
+    return packing.enabled(cfg, device)
 
 
 def tokenized(records: list[dict], tokenizer, cfg: RunConfig) -> list[dict]:
@@ -70,20 +91,21 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
     t = cfg.training
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported() and cfg.model.compute_dtype == "bfloat16"
     eval_every = "steps" if t.eval_steps else "epoch"
+    # Packed: a step's batch_size x grad_accum examples (the same ones, in the same order) go in as one packed
+    # batch, cut to the GPU's token budget by the collator instead of into grad_accum padded batches.
+    batch, accum = (t.batch_size * t.grad_accum, 1) if _packed(cfg, device) else (t.batch_size, t.grad_accum)
     return TrainingArguments(
-        output_dir=str(runs.RunFolder(run_dir).checkpoints), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        output_dir=str(runs.RunFolder(run_dir).checkpoints), per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
         learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         # Not a slip: transformers 5 dropped `warmup_ratio`; a `warmup_steps` below 1 is read as that share of the run.
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
-
         max_grad_norm=t.max_grad_norm, optim=t.optimizer, logging_steps=t.logging_steps,
         eval_strategy=eval_every, eval_steps=t.eval_steps or None, save_strategy=t.save_strategy,
         # save_steps only counts with save_strategy "steps", where validation requires it above 0; the 500 is a
         # placeholder the Trainer ignores with "epoch". Three checkpoints are kept, not one: when the newest is
         # damaged (a kill mid-write, a full disk), resume falls back to an older one (workbench.training.checkpoints).
         save_steps=t.save_steps or 500, save_total_limit=3, seed=t.seed, bf16=bf16,
-
         fp16=device == "cuda" and not bf16 and cfg.model.compute_dtype != "float32",
         use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
@@ -119,10 +141,16 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
         model, tokenizer, device = build_model(cfg, cfg.training.device)
         train_ds = tokenized(read_jsonl(run.train_data), tokenizer, cfg)
         eval_ds = tokenized(read_jsonl(run.eval_data), tokenizer, cfg)
+        trainer_class, collator = Trainer, PadCollator(tokenizer.pad_token_id)
+        if _packed(cfg, device):
+            from workbench.training import packing
 
-        trainer = Trainer(model=model, args=training_arguments(cfg, run_dir, device), train_dataset=train_ds,
-                          eval_dataset=eval_ds, data_collator=PadCollator(tokenizer.pad_token_id),
-                          callbacks=[callback])
+            collator = packing.PackedCollator(packing.token_budget(model, cfg, device))
+            trainer_class = packing.PackedTrainer
+            print(f"packed rows: {cfg.training.batch_size * cfg.training.grad_accum} examples a step, at most "
+                  f"{collator.max_tokens} tokens a forward pass", flush=True)
+        trainer = trainer_class(model=model, args=training_arguments(cfg, run_dir, device), train_dataset=train_ds,
+                                eval_dataset=eval_ds, data_collator=collator, callbacks=[callback])
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if callback.stopped and trainer.state.global_step < trainer.state.max_steps:
             runs.write_status(run_id, state="stopped", ended_at=runs.now_iso(),
