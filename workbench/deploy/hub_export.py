@@ -221,8 +221,8 @@ def stage(run_id: str, repo_id: str, dest: Path, merged: bool = False, log=print
         (dest / "training_curve.png").write_bytes(png)
     (dest / "README.md").write_text(model_card(run_id, repo_id, bool(png), merged), encoding="utf-8")
     (dest / "config.yaml").write_text(redact(runs.load_run_config(run_id).to_yaml()), encoding="utf-8")
-    if (run_dir / "metrics.json").is_file():
-        (dest / "metrics.json").write_text(redact((run_dir / "metrics.json").read_text(encoding="utf-8")),
+    if runs.RunFolder(run_dir).metrics.is_file():
+        (dest / "metrics.json").write_text(redact(runs.RunFolder(run_dir).metrics.read_text(encoding="utf-8")),
                                            encoding="utf-8")
     if merged:
         log("merging the adapter into the base weights (16-bit) ...")
