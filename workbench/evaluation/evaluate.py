@@ -341,7 +341,9 @@ def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_
     models.free_memory()
     metrics = build_metrics(cfg, records, base, tuned, leak, device)
     metrics.update(run_id=run_id, adapter=str(adapter), base_cached=base_cached,
-                   seconds=round(time.time() - started, 1))
+                   seconds=round(time.time() - started, 1),
+                   loop_share={"base": scoring.loop_share(base["answers"]),
+                               "tuned": scoring.loop_share(tuned["answers"])})
     write_results(run_dir, metrics, prediction_rows(records, base, tuned))
     progress(1.0, "done")
     return metrics
@@ -375,7 +377,10 @@ def prediction_rows(records: list[dict], base: dict, tuned: dict) -> list[dict]:
         rows.append({"id": r.get("id", f"e{i}"), "question": r["instruction"], "reference": r["output"],
                      "base_answer": base["answers"][i], "tuned_answer": tuned["answers"][i],
                      "rougeL_base": rb, "rougeL_tuned": rt, "rougeL_change": rt - rb,
-                     "nll_base": base["per_example_nll"][i], "nll_tuned": tuned["per_example_nll"][i]})
+                     "nll_base": base["per_example_nll"][i], "nll_tuned": tuned["per_example_nll"][i],
+                     # degenerate repetition ('plan_mode.plan_mode…'): scoring.is_looping
+                     "base_looping": scoring.is_looping(base["answers"][i]),
+                     "tuned_looping": scoring.is_looping(tuned["answers"][i])})
     return rows
 
 

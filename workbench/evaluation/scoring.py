@@ -170,3 +170,51 @@ def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int,
         answers += [t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
         progress((start + len(batch)) / max(len(prompts), 1), f"generating {start + len(batch)}/{len(prompts)}")
     return answers
+
+
+# -- degenerate answers -----------------------------------------------------------------------
+
+LOOP_MIN_REPEATS = 3  # a stretch of text said this many times in a row ...
+LOOP_MIN_CHARS = 24   # ... covering at least this many characters
+LOOP_MAX_UNIT = 120   # longest repeated stretch looked for, in characters
+
+
+def looping_span(text: str, min_repeats: int = LOOP_MIN_REPEATS, min_chars: int = LOOP_MIN_CHARS,
+                 max_unit: int = LOOP_MAX_UNIT) -> tuple[str, float] | None:
+    """The repeated stretch and how often it repeats back to back, when `text` loops; else None.
+
+    A greedy small model that has degenerated says the same thing over and over: 'plan_mode.plan_mode.plan_mode…',
+    'schema_schema_schema…', or one sentence again and again. That is: some stretch of 1..`max_unit` characters
+    (containing a letter or digit) repeated at least `min_repeats` times in a row, the repeats together covering at
+    least `min_chars` characters; the last repeat may be cut off halfway (generation stops at max_new_tokens).
+    Whitespace runs count as one space. Two repeats (saying a command twice) and punctuation rules ('-----') are
+    not loops. Of the 4,769 dbdemos reference answers, 8 match (placeholder digits, tables, version lists).
+    """
+    import numpy as np
+
+    s = " ".join(str(text or "").split())
+    codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
+    best: tuple[str, float] | None = None
+    best_len = 0
+    for unit in range(1, min(max_unit, int(len(s) / (min_repeats - 0.5))) + 1):
+        # same[j]: s[j + unit] == s[j]; a run of r such positions from j is a stretch of period `unit`, r + unit long
+        same = np.concatenate(([0], (codes[unit:] == codes[:-unit]).astype(np.int8), [0]))
+        edges = np.diff(same)
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        spans = ends - starts + unit
+        for k in np.flatnonzero((spans >= (min_repeats - 0.5) * unit) & (spans >= min_chars) & (spans > best_len)):
+            piece = s[starts[k]:starts[k] + unit]
+            if any(c.isalnum() for c in piece) and spans[k] > best_len:
+                best, best_len = (piece, round(int(spans[k]) / unit, 1)), int(spans[k])
+    return best
+
+
+def is_looping(text: str) -> bool:
+    """True when an answer is degenerate repetition (see `looping_span`); shown per example as *_looping."""
+    return looping_span(text) is not None
+
+
+def loop_share(texts: list[str]) -> float:
+    """Share (0-1) of `texts` that loop; 0.0 for no texts."""
+    texts = list(texts)
+    return sum(is_looping(t) for t in texts) / len(texts) if texts else 0.0
