@@ -1,0 +1,148 @@
+"""Benchmark (not a test): does the recipe search find a better recipe than the seed's? One script: a search on the
+dbdemos data with a stated budget, starting from the seed recipe (trial 0 is the seed recipe itself), then the seed
+recipe and the found recipe scored base vs fine-tuned on the same held-out split; writes
+bench/results/recipe_search.json with `budget`, `trials`, `seed_recipe` and `found_recipe` (each: settings,
+eval_loss, and the five metrics' change in % vs base).
+
+Meant for the GPU machine, with the embedded model available there (BENCHMARKS.md, quality section):
+
+    python bench/recipe_search.py --device cuda --dbdemos-dir ../shared/data/databricks-docs-qa --trials 8
+    python bench/recipe_search.py --smoke      # CPU, a few steps a trial: checks the script end to end, no result
+
+Every trial is a full run of its recipe (the embedded-gpu preset's schedule: 3 epochs, 16 examples a step), so the
+seed's and the found recipe's own trial runs are what gets scored: the same runs `search --use` would repeat.
+Goal (issue 18): the found recipe beats the seed's relative gains on all five metrics; perplexity <= -45% and
+ROUGE-2 >= +75%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def base_config(args):
+    """The embedded-gpu preset with the seed's LoRA recipe (r16/alpha32 on q/k/v/o, lr 2e-4): trial 0."""
+    from workbench.config import preset
+    from workbench.training import search
+
+    cfg = preset("embedded-gpu")
+    cfg.name = "recipe-search"
+    cfg.lora.target_modules, cfg.lora.r, cfg.lora.alpha = list(search.ATTENTION), 16, 32
+    cfg.training.learning_rate = 2e-4
+    cfg.data.dbdemos_dir = args.dbdemos_dir
+    cfg.data.max_eval_examples = args.eval_examples  # the held-out rows eval-loss'd = the rows scored
+    cfg.eval.max_examples = args.eval_examples
+    cfg.eval.run_after_training = False  # scored below, once per recipe compared
+    if args.smoke:
+        cfg.data.source = "sample"
+        cfg.model.max_seq_length = 96
+        cfg.data.max_train_examples = 8
+        t = cfg.training
+        t.device, t.optimizer, t.max_steps, t.eval_steps, t.logging_steps, t.batch_size = "cpu", "adamw_torch", 2, 1, 1, 2
+        t.save_strategy, t.save_steps = "steps", 1
+        cfg.eval.max_new_tokens, cfg.eval.batch_size = 8, 4
+    return cfg
+
+
+def settings(cfg) -> dict:
+    return {"target_modules": list(cfg.lora.target_modules), "r": cfg.lora.r, "alpha": cfg.lora.alpha,
+            "learning_rate": cfg.training.learning_rate, "epochs": cfg.training.epochs,
+            "max_steps": cfg.training.max_steps}
+
+
+def score(run_id: str) -> dict:
+    """`python -m workbench eval --run RUN_ID`, as a user scores a run; returns its metrics.json."""
+    from workbench import runs
+
+    out = subprocess.run([sys.executable, "-m", "workbench", "eval", "--run", run_id], cwd=REPO, text=True,
+                         capture_output=True)
+    if out.returncode != 0:
+        raise SystemExit(f"scoring {run_id} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return json.loads(runs.folder(run_id).metrics.read_text())
+
+
+def recipe_result(trial: dict) -> dict:
+    from workbench import runs
+
+    metrics = score(trial["run_id"])
+    return {"trial": trial["number"], "run": trial["run_id"], "settings": settings(runs.load_run_config(trial["run_id"])),
+            "eval_loss": trial["eval_loss"], "change_pct": metrics["change_pct"], "base": metrics["base"],
+            "tuned": metrics["tuned"], "eval_examples": metrics["eval_examples"], "leakage": metrics["leakage"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--dbdemos-dir", default="", help="Folder of the dbdemos parquet files.")
+    parser.add_argument("--trials", type=int, default=8, help="Budget: trials (trial 0 is the seed recipe).")
+    parser.add_argument("--minutes", type=float, default=0, help="Budget: minutes (0 = no limit).")
+    parser.add_argument("--eval-examples", type=int, default=400, help="Held-out questions (eval loss and scoring).")
+    parser.add_argument("--home", help="WORKBENCH_HOME for the run folders (default: a new temporary folder).")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recipe_search.json"))
+    parser.add_argument("--smoke", action="store_true", help="CPU, 2 trials of 2 steps, 4 questions; writes nothing "
+                                                             "to bench/results.")
+    args = parser.parse_args()
+    if args.smoke:
+        args.device, args.trials, args.eval_examples = "cpu", 2, 4
+        args.out = os.path.join(tempfile.mkdtemp(prefix="recipe-search-smoke-"), "recipe_search.json")
+    os.environ["WORKBENCH_HOME"] = args.home or tempfile.mkdtemp(prefix="recipe-search-")
+
+    from workbench.training import search
+
+    base = base_config(args)
+    base.training.device = args.device
+    started = time.time()
+    search_id = search.create_search(base, None, args.trials, args.minutes)
+    print(f"search {search_id} in {search.folder(search_id)}", flush=True)
+    state = search.run_search(search.folder(search_id))
+    data = search.read_search(search_id)
+    wall = round(time.time() - started, 1)
+    seed_trial = next((t for t in data["trials"] if t["number"] == 0 and t["state"] == "completed"), None)
+    found_trial = search.best_trial(data)
+    if state not in ("completed", "stopped") or seed_trial is None or found_trial is None:
+        print(f"search ended '{state}' without a completed seed trial and best trial: {data.get('reason')}",
+              file=sys.stderr)
+        return 1
+    seed, found = recipe_result(seed_trial), recipe_result(found_trial)
+    gains = {k: (-1 if k == "perplexity" else 1) * (found["change_pct"][k] - seed["change_pct"][k])
+             for k in seed["change_pct"]}
+    result = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(), "device": args.device,
+        "gpu": _gpu_name(), "model": base.model.name_or_path, "smoke": args.smoke,
+        "budget": {"trials": args.trials, "minutes": args.minutes, "sampler": data["sampler"], "wall_s": wall,
+                   "space": data["space"], "eval_examples": args.eval_examples},
+        "trials": [{k: t.get(k) for k in ("number", "state", "params", "eval_loss", "step", "total_steps", "run_id",
+                                          "reason")} for t in data["trials"]],
+        "seed_recipe": seed, "found_recipe": found,
+        "goal": {"beats_seed_on_all_five": all(v > 0 for v in gains.values()),
+                 "perplexity_le_minus_45": found["change_pct"]["perplexity"] <= -45,
+                 "rouge2_ge_plus_75": found["change_pct"]["rouge2"] >= 75},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"\n| recipe | eval loss | {' | '.join(seed['change_pct'])} |\n|---|---|" + "---|" * len(gains))
+    for label, r in (("seed (trial 0)", seed), (f"found (trial {found['trial']})", found)):
+        print(f"| {label} | {r['eval_loss']:.3f} | " + " | ".join(f"{v:+.1f}%" for v in r["change_pct"].values())
+              + " |")
+    print(f"\nwrote {args.out}; goal: {result['goal']}")
+    return 0
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
