@@ -2,8 +2,10 @@
 
 Both answers come from ONE batched `generate` in which peft routes each row through its own adapter
 (`adapter_names=["__base__", "<run>"]`): no second copy of the base weights, and both columns advance
-one token per forward pass (streamed per row by workbench.chat_stream). This module holds the model,
-loads adapters by run id, builds prompts from each column's history and applies the GPU policy.
+one token per forward pass (streamed per row by workbench.chat.streaming). On CUDA, when no run is
+training and it fits, the rows run on workbench.chat.fast_generate instead: a bf16 copy of the same
+(dequantized) weights, per-row LoRA, a static KV cache and CUDA-graph decode steps. This module holds the
+model, loads adapters by run id, builds prompts from each column's history and applies the GPU policy.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class HeldModel:
     tokenizer: Any
     device: str
     adapters: set = field(default_factory=set)
+    fast_note: str = ""  # why the fast CUDA engine is not used (empty when it is, or on a CPU)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time per model
 
 
@@ -225,9 +228,22 @@ def _free_gpu_gb() -> float:
     return torch.cuda.mem_get_info()[0] / 2**30
 
 
+def _drop_fast_engines() -> None:
+    from workbench.chat import fast_generate
+
+    with _HOLD_LOCK:
+        held = list(_HELD.values())
+    for h in held:
+        with h.lock:
+            if h.model is not None:
+                fast_generate.drop_engine(h.model)
+
+
 def check_gpu_policy(model_cfg: ModelConfig, device: str, settings: ChatSettings) -> str:
     """Apply the policy now; returns the note to show, or raises ChatError (and unloads chat) when refused."""
     training_run = jobs.active_run()
+    if device == "cuda" and training_run:
+        _drop_fast_engines()  # training comes first: the bf16 inference copy goes before memory is measured
     free_gb = _free_gpu_gb() if device == "cuda" and training_run else None
     loaded = _model_key(model_cfg, device) in _HELD
     allowed, note = gpu_decision(device, training_run, chat_memory_gb(model_cfg, settings, loaded), free_gb)

@@ -3,6 +3,9 @@
 `generate()` hands a streamer one token per row per step; `RowStreamer` queues those steps and
 `stream_pair` turns them into per-row text as they arrive (transformers' `TextIteratorStreamer`
 handles batch 1 only). `StopOnEvent` ends the generation when the Stop button sets an Event.
+On CUDA the steps come from workbench.chat.fast_generate instead (bf16 copy, static cache, CUDA graphs,
+per-row LoRA), through the same queue; plain `generate` stays the path on a CPU, while a run trains,
+and for models the engine does not support.
 """
 from __future__ import annotations
 
@@ -116,8 +119,33 @@ def stream_pair(held, adapter_names: list[str], prompts: list[list[int]], settin
     if any(n != PEFT_BASE for n in adapter_names):
         kwargs["adapter_names"] = adapter_names
 
+    engine = _fast_engine(held, len(prompts), max(len(p) for p in prompts) + settings.max_new_tokens)
+    row_adapters = [None if n == PEFT_BASE else n for n in adapter_names]
+
+    def fast() -> bool:
+        """Stream from the fast engine; False when it cannot take this request (then plain generate)."""
+        from workbench.chat.fast_generate import Unsupported
+
+        steps = engine.generate(prompts, row_adapters, settings.max_new_tokens, stop_ids,
+                                temperature=float(settings.temperature), top_p=float(settings.top_p),
+                                seed=settings.seed, should_stop=stop_event.is_set)
+        try:
+            first = next(steps)
+        except Unsupported:
+            return False
+        except StopIteration:
+            streamer.end()
+            return True
+        streamer.queue.put(first)
+        for step in steps:
+            streamer.queue.put(step)
+        streamer.end()
+        return True
+
     def work():
         try:
+            if engine is not None and fast():
+                return
             if settings.seed >= 0:
                 torch.manual_seed(settings.seed)
             with torch.inference_mode():
@@ -158,6 +186,19 @@ def stream_pair(held, adapter_names: list[str], prompts: list[list[int]], settin
     final = _update(held.tokenizer, tokens, done, first, last, partial=False)
     final.finished, final.stopped = True, stop_event.is_set() and not all(done)
     yield final
+
+
+def _fast_engine(held, rows: int, tokens: int):
+    """The held model's fast engine on CUDA (workbench.chat.fast_generate), or None for plain generate."""
+    from workbench.chat import fast_generate
+
+    if not fast_generate.enabled(getattr(held, "device", "")):
+        return None
+    engine, why = fast_generate.engine_for(held.model, held.device,
+                                           extra_bytes=fast_generate.kv_bytes(held.model, rows, tokens))
+    if engine is None:
+        held.fast_note = why
+    return engine
 
 
 def _update(tokenizer, tokens, done, first, last, partial: bool) -> PairUpdate:

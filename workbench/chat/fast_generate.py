@@ -1,0 +1,653 @@
+"""Fast generation on CUDA: a bf16 copy of the base, a static KV cache, the decode step as CUDA graphs.
+
+Plain `generate` on the 4-bit model spends almost all of its time outside the GPU's limits: per-token
+Python, ~1,500 small kernel launches per step and (for batches of 2 or more) a full NF4 dequantize of
+every weight on every step. This engine removes all three while computing the same function:
+
+- **The weights are the 4-bit model's own, dequantized once** (`bitsandbytes.functional.dequantize_4bit`)
+  into bf16, q/k/v and gate/up fused into one matrix each. That is exactly what bitsandbytes computes for a
+  batch of 2+ (dequantize, then a bf16 matmul) — the same weights the adapter was trained against — done
+  once instead of every step. It needs ~2 bytes per parameter of GPU memory (14.5 GB for 7B), so it is
+  built only when no run is training and it fits in the free memory with a margin (training comes first);
+  otherwise callers keep the plain path.
+- **LoRA per row**: every adapter of a request sits in a slot; each LoRA target group (qkv, o, gate/up,
+  down) does ``y += ((x @ A_all) * g) @ B_all`` where ``g`` holds, per row, the adapter's scale on its
+  own slot's ranks and 0 elsewhere. Base and tuned columns share one batch (one read of the weights per
+  step) and the computation is graph-capturable (no per-row Python routing as in peft's mixed batch).
+- **Static KV cache + CUDA graphs**: the cache is allocated once per (batch, length); the decode step is
+  captured once per attention window (256-token buckets, so a step reads only the cache it needs) and
+  replayed, so a token costs one graph launch. Prefill runs eagerly. The host reads each step's tokens
+  one step late (pinned copy + event), so the GPU never waits for Python.
+- On CUDA the per-layer math (norm, fused projections + LoRA, RoPE, SwiGLU) is compiled with
+  `torch.compile` before capture (one compile serves all 32 layers: weights are arguments; ~9 s once per
+  batch shape, 1.3x per token on an H200). ``WORKBENCH_FAST_COMPILE=0`` turns it off; a compile failure
+  falls back to the uncompiled functions.
+
+Llama, Mistral and Qwen2-style models (RMSNorm, RoPE of any type HF's rotary module handles, GQA,
+SwiGLU) are supported; anything else (DoRA, LoRA on the embeddings, sliding windows shorter than the
+cache...) returns None from `engine_for` and the caller uses plain `generate`. On a CPU the engine runs
+without graphs (tests use that to check its answers against plain `generate`); callers use it by default
+only on CUDA.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
+GROUPS = {"qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o": ("self_attn", ("o_proj",)),
+          "gu": ("mlp", ("gate_proj", "up_proj")), "d": ("mlp", ("down_proj",))}
+WINDOW = 256  # attention-window bucket of the decode graphs (tokens)
+MEMORY_MARGIN = 0.8  # the engine may take at most this share of the GPU memory free right now
+EVAL_BATCH = 128  # rows per batch when evaluation runs on the engine (length-sorted; 128 vs 64: 1.6x, H200)
+_ATTR = "_workbench_fast_engine"
+
+
+class Unsupported(Exception):
+    """This model (or adapter) cannot run on the engine; the caller uses plain generate."""
+
+
+def enabled(device: str) -> bool:
+    """The fast path is the default on CUDA; WORKBENCH_FAST_GENERATE=0 turns it off, =all also uses it on a
+    CPU (no graphs there: for tests and experiments, plain generate is the CPU default)."""
+    mode = os.environ.get("WORKBENCH_FAST_GENERATE", "cuda")
+    return mode != "0" and (device == "cuda" or mode == "all")
+
+
+def training_elsewhere() -> str | None:
+    """A run training in another process (this one's own run, e.g. eval after training, does not count)."""
+    from workbench.training import jobs
+
+    run = jobs.active_run()
+    return run if run and run not in getattr(jobs, "_held", {}) else None
+
+
+def _core(model):
+    """The transformers CausalLM inside a PeftModel (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def _base_linear(module):
+    return getattr(module, "base_layer", module)
+
+
+def _dense(linear, dtype):
+    """A linear layer's weight as a dense matrix: NF4/FP4 weights dequantized, others as they are."""
+    import torch
+
+    w = linear.weight
+    state = getattr(w, "quant_state", None)
+    if state is not None:
+        import bitsandbytes.functional as bnbf
+
+        data = w.data
+        if getattr(state, "packing_format_for_cpu", False):  # bnb repacks CPU weights at the first forward
+            data, state = bnbf._convert_weight_packed_for_cpu_inverse(data, state)
+        return bnbf.dequantize_4bit(data, state).to(dtype)
+    if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise Unsupported(f"weights of type {w.dtype}")
+    return w.data.to(dtype)
+
+
+def dense_bytes(model) -> int:
+    """Bytes the engine's dense copy of the decoder layers takes (2 per parameter)."""
+    core = _core(model)
+    total = 0
+    for layer in core.model.layers:
+        for parent, names in GROUPS.values():
+            for name in names:
+                lin = _base_linear(getattr(getattr(layer, parent), name))
+                total += lin.in_features * lin.out_features * 2
+    return total
+
+
+def kv_bytes(model, rows: int, tokens: int) -> int:
+    cfg = _core(model).config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * tokens * rows * 2
+
+
+@dataclass
+class _Layer:
+    ln1: object
+    ln2: object
+    eps1: float
+    eps2: float
+    w: dict  # group -> dense weight [out, in]
+    b: dict  # group -> bias or None
+
+
+@dataclass
+class _Slots:
+    names: tuple  # adapter name per slot
+    rank: int
+    groups: tuple  # groups any slot's adapter targets
+    a: dict  # (layer, group) -> [in, S*M*R]
+    bm: dict  # (layer, group) -> [S*M*R, out]
+    scale: dict  # (layer, group) -> [S*M*R]
+
+
+class _State:
+    """Static buffers for one batch shape: KV cache, step inputs, LoRA row gates, captured graphs."""
+
+    def __init__(self, engine, rows: int, length: int, slots: _Slots | None):
+        import torch
+
+        dev, e = engine.device, engine
+        self.rows, self.length, self.slots = rows, length, slots
+        self.k = [torch.zeros(rows, e.kv_heads, length, e.head_dim, dtype=e.dtype, device=dev) for _ in e.layers]
+        self.v = [torch.zeros_like(t) for t in self.k]
+        self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.cache_pos = torch.zeros(1, dtype=torch.long, device=dev)
+        self.valid = torch.ones(rows, length, dtype=torch.bool, device=dev)
+        self.arange = torch.arange(length, device=dev)
+        self.gate = {}  # (layer, group) -> [rows, S*M*R] row gate x scale
+        if slots is not None:
+            for key, scale in slots.scale.items():
+                self.gate[key] = torch.zeros(rows, scale.numel(), dtype=scale.dtype, device=dev)
+        self.graphs: dict[int, tuple] = {}  # attention window -> (graph, logits buffer)
+        self.slot_of_row: tuple | None = None
+
+    def set_rows(self, slot_of_row: list[int]) -> None:
+        """Which slot (-1 = no adapter) each row uses: fills the per-row LoRA gates in place."""
+        import torch
+
+        if self.slots is None or tuple(slot_of_row) == self.slot_of_row:
+            return
+        n = len(self.slots.names)
+        for key, scale in self.slots.scale.items():
+            width = scale.numel() // n
+            sel = torch.zeros(self.rows, scale.numel(), dtype=scale.dtype, device=scale.device)
+            for row, slot in enumerate(slot_of_row):
+                if slot >= 0:
+                    sel[row, slot * width:(slot + 1) * width] = 1
+            self.gate[key].copy_(sel * scale)
+        self.slot_of_row = tuple(slot_of_row)
+
+
+def _rms(x, weight, eps):
+    """transformers' LlamaRMSNorm, exactly (float32 statistics, cast back, then the weight)."""
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate_half(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _proj(x, w, b, a, bm, gate):
+    """Linear layer with optional per-row LoRA: y = xW^T + b + (((x32 @ A) * gate) @ B).to(y.dtype)."""
+    import torch.nn.functional as F
+
+    y = F.linear(x, w, b)
+    if a is not None:
+        t = (x.to(a.dtype) @ a) * gate.unsqueeze(1)
+        y = y + (t @ bm).to(y.dtype)
+    return y
+
+
+def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads, head_dim):
+    """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]."""
+    bsz, t, _ = x.shape
+    h = _rms(x, ln_w, eps)
+    qkv = _proj(h, wqkv, bqkv, a, bm, gate)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.view(bsz, t, heads, head_dim).transpose(1, 2)
+    k = k.view(bsz, t, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(bsz, t, kv_heads, head_dim).transpose(1, 2)
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = q * c + _rotate_half(q) * s
+    k = k * c + _rotate_half(k) * s
+    return q, k, v
+
+
+def _layer_post(x, attn, wo, bo, ao, bmo, go, ln_w, eps, wgu, bgu, agu, bmgu, ggu, wd, bd, ad, bmd, gd, act):
+    """o_proj (+LoRA) + residual -> norm -> SwiGLU MLP (+LoRA) + residual."""
+    x = x + _proj(attn, wo, bo, ao, bmo, go)
+    h = _rms(x, ln_w, eps)
+    gu = _proj(h, wgu, bgu, agu, bmgu, ggu)
+    g, u = gu.chunk(2, dim=-1)
+    return x + _proj(act(g) * u, wd, bd, ad, bmd, gd)
+
+
+class FastEngine:
+    """Dense bf16 copy of a Llama/Mistral/Qwen2 model with per-row LoRA, static cache and graphed decode."""
+
+    def __init__(self, model, compile_layers: bool | None = None, graphs: bool | None = None):
+        import torch
+
+        core = _core(model)
+        cfg = core.config
+        if cfg.model_type not in SUPPORTED_TYPES:
+            raise Unsupported(f"model type {cfg.model_type}")
+        if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
+            raise Unsupported(f"activation {cfg.hidden_act}")
+        self.model_ref = weakref.ref(model)
+        self.config = cfg
+        inner = core.model
+        self.embed = inner.embed_tokens.weight
+        self.dtype = self.embed.dtype if self.embed.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        self.device = self.embed.device
+        self.lm_head = core.lm_head.weight
+        if getattr(self.lm_head, "quant_state", None) is not None:
+            raise Unsupported("quantized lm_head")
+        self.norm_w, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
+        self.rotary = inner.rotary_emb
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = self.head_dim ** -0.5
+        self.sliding = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        self.act = inner.layers[0].mlp.act_fn
+        self.layers = []
+        for layer in inner.layers:
+            w, b = {}, {}
+            for group, (parent, names) in GROUPS.items():
+                lins = [_base_linear(getattr(getattr(layer, parent), n)) for n in names]
+                w[group] = torch.cat([_dense(lin, self.dtype) for lin in lins]) if len(lins) > 1 \
+                    else _dense(lins[0], self.dtype)
+                biases = [lin.bias for lin in lins]
+                b[group] = None if all(x is None for x in biases) else torch.cat(
+                    [x.to(self.dtype) if x is not None else torch.zeros(lin.out_features, dtype=self.dtype,
+                                                                         device=self.device)
+                     for x, lin in zip(biases, lins)])
+            self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                                      layer.input_layernorm.variance_epsilon,
+                                      layer.post_attention_layernorm.variance_epsilon, w, b))
+        self._modules = inner.layers  # to read LoRA weights from
+        cuda = self.device.type == "cuda"
+        self.use_graphs = cuda if graphs is None else graphs
+        if compile_layers is None:
+            compile_layers = cuda and os.environ.get("WORKBENCH_FAST_COMPILE", "1") != "0"
+        self.pre, self.post = _layer_pre, _layer_post
+        if compile_layers:
+            self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
+            self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
+        self.compiled = bool(compile_layers)
+        self.compile_error = ""
+        self._states: dict[tuple, _State] = {}
+        self._slots: _Slots | None = None
+        self.lock = threading.Lock()
+
+    # -- adapters --------------------------------------------------------------------------
+
+    def _lora_module(self, layer_idx, parent, name):
+        return getattr(getattr(self._modules[layer_idx], parent), name)
+
+    def _slots_for(self, names: tuple) -> _Slots | None:
+        """Stack the named adapters' LoRA weights into slot buffers (reused when the names repeat)."""
+        import torch
+
+        if not names:
+            return None
+        if self._slots is not None and self._slots.names == names:
+            return self._slots
+        rank, groups = 0, set()
+        for i in range(len(self.layers)):
+            for group, (parent, members) in GROUPS.items():
+                for m in members:
+                    mod = self._lora_module(i, parent, m)
+                    lora_a = getattr(mod, "lora_A", None)
+                    for name in names:
+                        if lora_a is not None and name in lora_a:
+                            if name in getattr(mod, "lora_variant", {}) or getattr(mod, "use_dora", {}).get(name):
+                                raise Unsupported("DoRA / LoRA variants")
+                            if getattr(mod, "lora_bias", {}).get(name):
+                                raise Unsupported("LoRA bias")
+                            rank = max(rank, lora_a[name].weight.shape[0])
+                            groups.add(group)
+        for name in names:  # LoRA on modules the engine does not run (embeddings, lm_head) -> plain path
+            core = _core(self.model_ref())
+            for mod_name, mod in core.named_modules():
+                if hasattr(mod, "lora_A") and name in getattr(mod, "lora_A", {}) and not any(
+                        mod_name.endswith(f"{p}.{m}") for p, ms in GROUPS.values() for m in ms):
+                    raise Unsupported(f"LoRA on {mod_name}")
+                if name in getattr(mod, "modules_to_save", {}) or (
+                        hasattr(mod, "lora_embedding_A") and name in getattr(mod, "lora_embedding_A", {})):
+                    raise Unsupported(f"trained module {mod_name}")
+        if not groups:
+            return None
+        a, bm, scale = {}, {}, {}
+        n = len(names)
+        for i in range(len(self.layers)):
+            for group in sorted(groups):
+                parent, members = GROUPS[group]
+                w = self.layers[i].w[group]
+                outs = [_base_linear(self._lora_module(i, parent, m)).out_features for m in members]
+                width = len(members) * rank
+                a_ = torch.zeros(w.shape[1], n * width, dtype=torch.float32, device=self.device)
+                b_ = torch.zeros(n * width, w.shape[0], dtype=torch.float32, device=self.device)
+                s_ = torch.zeros(n * width, dtype=torch.float32, device=self.device)
+                dtype = None
+                for si, name in enumerate(names):
+                    off_out = 0
+                    for mi, m in enumerate(members):
+                        mod = self._lora_module(i, parent, m)
+                        if hasattr(mod, "lora_A") and name in mod.lora_A:
+                            wa, wb = mod.lora_A[name].weight, mod.lora_B[name].weight  # [r, in], [out, r]
+                            dtype = wa.dtype
+                            r, k0 = wa.shape[0], si * width + mi * rank
+                            a_[:, k0:k0 + r] = wa.detach().t().float()
+                            b_[k0:k0 + r, off_out:off_out + outs[mi]] = wb.detach().t().float()
+                            s_[k0:k0 + r] = float(mod.scaling[name])
+                        off_out += outs[mi]
+                dtype = dtype or torch.float32  # peft runs LoRA in the adapter weights' dtype
+                a[(i, group)], bm[(i, group)], scale[(i, group)] = a_.to(dtype), b_.to(dtype), s_.to(dtype)
+        self._slots = _Slots(names, rank, tuple(sorted(groups)), a, bm, scale)
+        self._states = {k: s for k, s in self._states.items() if s.slots is None}  # drop old-slot graphs
+        return self._slots
+
+    # -- the model ---------------------------------------------------------------------------
+
+    def _lora_args(self, st: _State, i: int, group: str):
+        key = (i, group)
+        if st.slots is None or key not in st.slots.a:
+            return None, None, None
+        return st.slots.a[key], st.slots.bm[key], st.gate[key]
+
+    def _forward(self, st: _State, ids, pos, mask, window: int | None):
+        """Logits of the last position. window=None: prefill of ids [B,T] at cache 0..T-1 with mask
+        [B,1,T,T]; else one decode step at st.cache_pos attending to cache[:window] (mask [B,1,1,window])."""
+        import torch
+        import torch.nn.functional as F
+
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.rotary(x, pos)
+        bsz, t = ids.shape
+        group = self.heads // self.kv_heads
+        pre, post = (_layer_pre, _layer_post) if window is None else (self.pre, self.post)  # prefill: not compiled
+        for i, layer in enumerate(self.layers):
+            q, k, v = pre(x, layer.ln1, layer.eps1, layer.w["qkv"], layer.b["qkv"],
+                               *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim)
+            if window is None:
+                st.k[i][:, :, :t] = k
+                st.v[i][:, :, :t] = v
+                kk = k.repeat_interleave(group, dim=1) if group > 1 else k
+                vv = v.repeat_interleave(group, dim=1) if group > 1 else v
+                attn = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=self.scaling)
+                attn = attn.transpose(1, 2).reshape(bsz, t, self.heads * self.head_dim)
+            else:
+                st.k[i].index_copy_(2, st.cache_pos, k)
+                st.v[i].index_copy_(2, st.cache_pos, v)
+                # GQA without copies: the G query heads of one KV head act as G query positions
+                qg = q.reshape(bsz, self.kv_heads, group, self.head_dim)
+                attn = F.scaled_dot_product_attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window],
+                                                      attn_mask=mask, scale=self.scaling)
+                attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
+            x = post(x, attn, layer.w["o"], layer.b["o"], *self._lora_args(st, i, "o"), layer.ln2, layer.eps2,
+                          layer.w["gu"], layer.b["gu"], *self._lora_args(st, i, "gu"),
+                          layer.w["d"], layer.b["d"], *self._lora_args(st, i, "d"), self.act)
+        h = _rms(x[:, -1], self.norm_w, self.norm_eps)
+        return F.linear(h, self.lm_head).float()
+
+    def _decode_step(self, st: _State, window: int):
+        mask = (st.valid[:, :window] & (st.arange[:window] <= st.cache_pos)).view(st.rows, 1, 1, window)
+        return self._forward(st, st.tok, st.pos, mask, window)
+
+    def _graph(self, st: _State, window: int):
+        """The decode step for this attention window as a CUDA graph (captured on first use)."""
+        import torch
+
+        if window in st.graphs:
+            return st.graphs[window]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (also compiles, if compiling): same inputs, same cache writes
+            try:
+                for _ in range(2 if self.compiled else 1):
+                    self._decode_step(st, window)
+            except Exception as e:  # no working compiler here (e.g. no C compiler for Triton): run uncompiled
+                if not self.compiled:
+                    raise
+                self.pre, self.post, self.compiled = _layer_pre, _layer_post, False
+                self.compile_error = f"{type(e).__name__}: {str(e)[:200]}"
+                self._decode_step(st, window)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            logits = self._decode_step(st, window)
+        st.graphs[window] = (graph, logits)
+        return st.graphs[window]
+
+    def _state(self, rows: int, length: int, slots: _Slots | None) -> _State:
+        key = (rows, length, slots.names if slots else ())
+        st = self._states.get(key)
+        if st is None:
+            # keep at most two shapes (their KV caches and graphs) alive
+            while len(self._states) >= 2:
+                self._states.pop(next(iter(self._states)))
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+            st = self._states[key] = _State(self, rows, length, slots)
+        return st
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], row_adapters: list[str | None], max_new_tokens: int,
+                 stop_ids=(), temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 should_stop: Callable[[], bool] | None = None, length: int | None = None) -> Iterator[list[int]]:
+        """Yield each step's next token of every row (rows finished by a stop token keep yielding filler;
+        the caller ignores rows it saw finish). Stops after max_new_tokens steps, when every row has hit a
+        stop token, or when should_stop() is true. `row_adapters[i]` names row i's adapter (None = base).
+        `length` sets the static cache length (default: prompt + new tokens, rounded up to 256)."""
+        rows, width = len(prompts), max(len(p) for p in prompts)
+        need = width + max_new_tokens
+        length = length or -(-need // WINDOW) * WINDOW
+        if length < need:
+            raise ValueError(f"cache length {length} < {need}")
+        if self.sliding is not None and length > self.sliding:
+            raise Unsupported(f"sliding window {self.sliding} shorter than {length} tokens")
+        names = tuple(dict.fromkeys(n for n in row_adapters if n))
+        stop = set(stop_ids)
+        with self.lock:
+            run = self._start(prompts, names, [names.index(n) if n else -1 for n in row_adapters], length,
+                              temperature, top_p, seed)
+            done = [False] * rows
+            for step in range(max_new_tokens):
+                tokens = self._advance(run, step, step + 1 < max_new_tokens)
+                yield tokens
+                for row, tok in enumerate(tokens):
+                    done[row] = done[row] or tok in stop
+                if all(done) or (should_stop is not None and should_stop()):
+                    break
+            self._finish()
+
+    def _finish(self):
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.current_stream().synchronize()
+
+    def _start(self, prompts, names, slot_of_row, length, temperature, top_p, seed) -> dict:
+        """Prefill (eager) and the first token; returns the run's state for _advance."""
+        import torch
+
+        with torch.inference_mode():
+            rows, width = len(prompts), max(len(p) for p in prompts)
+            slots = self._slots_for(names)
+            st = self._state(rows, length, slots)
+            st.set_rows(slot_of_row)
+            dev = self.device
+            pads = [width - len(p) for p in prompts]
+            ids = torch.tensor([[0] * pd + p for pd, p in zip(pads, prompts)], device=dev)
+            real = torch.tensor([[0] * pd + [1] * len(p) for pd, p in zip(pads, prompts)], device=dev,
+                                dtype=torch.bool)
+            pos = (real.long().cumsum(-1) - 1).clamp(min=0)
+            causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+            mask = (causal & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=dev)  # no empty rows
+            st.valid.fill_(True)
+            st.valid[:, :width] = real
+            generator = None
+            if temperature > 0:
+                generator = torch.Generator(device=dev)
+                generator.manual_seed(seed if seed is not None and seed >= 0 else torch.seed())
+            logits = self._forward(st, ids, pos, mask.unsqueeze(1), None)
+            nxt = self._pick(logits, temperature, top_p, generator)
+            st.pos.copy_(pos[:, -1:])
+            st.cache_pos.fill_(width - 1)
+            cuda = dev.type == "cuda"
+            run = dict(st=st, nxt=nxt, width=width, length=length, cuda=cuda, temperature=temperature,
+                       top_p=top_p, generator=generator,
+                       host=[torch.empty(rows, dtype=torch.long, pin_memory=cuda) for _ in range(2)],
+                       events=[torch.cuda.Event() if cuda else None for _ in range(2)])
+            self._to_host(run, 0, nxt)
+        return run
+
+    @staticmethod
+    def _to_host(run, slot, tokens):
+        run["host"][slot].copy_(tokens, non_blocking=run["cuda"])
+        if run["cuda"]:
+            run["events"][slot].record()
+
+    def _advance(self, run: dict, step: int, more: bool) -> list[int]:
+        """Enqueue decode step `step`+1 (when `more`), then return step `step`'s tokens: the host reads
+        one step behind the GPU, so the GPU never waits for Python."""
+        import torch
+
+        with torch.inference_mode():
+            st = run["st"]
+            if more:
+                st.tok.copy_(run["nxt"].view(st.rows, 1))
+                st.pos.add_(1)
+                st.cache_pos.add_(1)
+                window = min(run["length"], -(-(run["width"] + step + 1) // WINDOW) * WINDOW)
+                if self.use_graphs:
+                    graph, logits = self._graph(st, window)
+                    graph.replay()
+                else:
+                    logits = self._decode_step(st, window)
+                run["nxt"] = self._pick(logits, run["temperature"], run["top_p"], run["generator"])
+                self._to_host(run, (step + 1) % 2, run["nxt"])
+            if run["cuda"]:
+                run["events"][step % 2].synchronize()
+            return run["host"][step % 2].tolist()
+
+    @staticmethod
+    def _pick(logits, temperature: float, top_p: float, generator):
+        """Greedy argmax, or transformers' temperature -> top-p -> multinomial sampling."""
+        import torch
+
+        if temperature <= 0:
+            return logits.argmax(-1)
+        scores = logits / temperature if temperature != 1.0 else logits
+        if top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+            remove = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
+            remove[..., -1:] = False
+            scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+# -- where callers get an engine -------------------------------------------------------------------
+
+_BUILD_LOCK = threading.Lock()
+
+
+def cached_engine(model) -> FastEngine | None:
+    return getattr(_core(model), _ATTR, None)
+
+
+def drop_engine(model) -> bool:
+    """Forget the engine built for this model (its dense copy, caches and graphs go with it)."""
+    core = _core(model)
+    if getattr(core, _ATTR, None) is None:
+        return False
+    setattr(core, _ATTR, None)
+    from workbench import models
+
+    models.free_memory()
+    return True
+
+
+def engine_for(model, device: str, extra_bytes: int = 0, force: bool = False) -> tuple[FastEngine | None, str]:
+    """The model's engine (built on first use), or None and why the plain path is used instead.
+
+    Built only on CUDA (unless `force`), with no run training elsewhere (training comes first), and when its
+    dense copy plus `extra_bytes` fit in MEMORY_MARGIN of the GPU memory free now."""
+    if not force and not enabled(device):
+        return None, "fast path off (CPU, or WORKBENCH_FAST_GENERATE=0)"
+    core = _core(model)
+    busy = training_elsewhere() if device == "cuda" else None
+    if busy:
+        drop_engine(model)
+        return None, f"run '{busy}' is training: plain 4-bit generation (no bf16 copy while training)"
+    with _BUILD_LOCK:
+        engine = getattr(core, _ATTR, None)
+        if engine is not None:
+            return engine, ""
+        if getattr(core, _ATTR + "_unsupported", None):
+            return None, core.__dict__[_ATTR + "_unsupported"]
+        try:
+            need = dense_bytes(model) + extra_bytes
+        except AttributeError as e:
+            return None, f"fast path unsupported for this model ({e})"
+        if device == "cuda":
+            import torch
+
+            free = torch.cuda.mem_get_info()[0]
+            if need > free * MEMORY_MARGIN:
+                return None, (f"fast path needs ~{need / 2**30:.1f} GB but {free / 2**30:.1f} GB are free: "
+                              f"plain 4-bit generation")
+        try:
+            engine = FastEngine(model)
+        except Unsupported as e:
+            core.__dict__[_ATTR + "_unsupported"] = f"fast path unsupported: {e}"
+            return None, core.__dict__[_ATTR + "_unsupported"]
+        setattr(core, _ATTR, engine)
+        return engine, ""
+
+
+def active_lora(model) -> tuple[str, ...]:
+    """The adapters a plain forward of this model would apply right now (none inside disable_adapter)."""
+    for mod in _core(model).modules():
+        if hasattr(mod, "lora_A") and hasattr(mod, "disable_adapters"):
+            if mod.disable_adapters or getattr(mod, "merged", False):
+                return ()
+            return tuple(a for a in mod.active_adapters if a in mod.lora_A)
+    return ()
+
+
+def generate_batched(engine: FastEngine, prompts: list[list[int]], adapter: str | None, max_new_tokens: int,
+                     stop_ids, batch_size: int = EVAL_BATCH, progress=None, sort: bool = True) -> list[list[int]]:
+    """Greedy answers (token ids up to the first stop token) for many prompts: longest first, in batches of
+    similar length, so padding and cache length stay small (sort=False keeps the given order: the
+    benchmark's comparison); results in the prompts' order."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort else list(range(len(prompts)))
+    out: list[list[int] | None] = [None] * len(prompts)
+    stop = set(stop_ids)
+    done_count = 0
+    # equal-sized batches (500 at 128 -> 4 x 125, not 3 x 128 + 116): one batch shape, one compile
+    batches = -(-len(order) // max(1, batch_size))
+    batch_size = -(-len(order) // max(1, batches))
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start:start + batch_size]
+        batch = [prompts[i] for i in idx]
+        answers: list[list[int]] = [[] for _ in idx]
+        finished = [False] * len(idx)
+        for step in engine.generate(batch, [adapter] * len(idx), max_new_tokens, stop_ids):
+            for row, tok in enumerate(step):
+                if finished[row]:
+                    continue
+                if tok in stop:
+                    finished[row] = True
+                else:
+                    answers[row].append(tok)
+        for i, ans in zip(idx, answers):
+            out[i] = ans
+        done_count += len(idx)
+        if progress:
+            progress(done_count / len(prompts), f"generating {done_count}/{len(prompts)}")
+    return out  # type: ignore[return-value]
