@@ -178,6 +178,13 @@ def test_packing_is_off_on_cpu_by_default_and_follows_the_setting():
     assert not packing.enabled(cfg, "cuda")
     cfg.training.packing = "sometimes"
     assert any("training.packing" in m for m in cfg.validate())
+    # 'auto' is settled once the model is loaded: never on a CPU, never for an architecture not checked
+    llama = tiny_model()
+    cfg.training.packing = "auto"
+    assert not packing.resolve(cfg, "cpu", llama) and cfg.training.packing == "off"
+    llama.config.model_type = "gemma2"
+    cfg.training.packing = "auto"
+    assert not packing.resolve(cfg, "cuda", llama) and cfg.training.packing == "off"
 
 
 @pytest.mark.integration

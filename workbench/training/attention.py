@@ -110,8 +110,9 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
             f"none. Train with training.packing 'off' to use padded batches.")
     if query.shape[0] != 1:
         raise PackedAttentionError(f"A packed batch is one row; got {query.shape[0]} rows.")
-    if dropout:
-        raise PackedAttentionError("Attention dropout is not supported by the packed attention.")
+    if dropout or kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+        raise PackedAttentionError("Attention dropout, soft-capping and attention sinks are not supported by the "
+                                   "packed attention; set training.packing to 'off' for this model.")
     max_len = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, D)

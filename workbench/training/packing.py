@@ -35,6 +35,19 @@ def mode(cfg) -> str:
     return getattr(cfg.training, "packing", "auto") or "auto"
 
 
+AUTO_MODEL_TYPES = ("llama", "mistral")  # checked end to end (tests and the H200 benchmark); 'on' forces others
+
+
+def resolve(cfg, device: str, model) -> bool:
+    """Settle 'auto' once the model is loaded: packed on CUDA, with the kernel, for a checked architecture.
+    Writes 'on' or 'off' into this process's copy of the config, so every later decision agrees."""
+    if mode(cfg) == "auto":
+        kind = getattr(model.config, "model_type", "")
+        ok = device == "cuda" and attention.kernel_available("cuda") and kind in AUTO_MODEL_TYPES
+        cfg.training.packing = "on" if ok else "off"
+    return enabled(cfg, device)
+
+
 def enabled(cfg, device: str) -> bool:
     wanted = mode(cfg)
     if wanted == "off":

@@ -25,8 +25,10 @@ def build_model(cfg: RunConfig, device: str):
     from workbench.models import load_model
 
     model, tokenizer, device = load_model(cfg.model, device)
-    if _packed(cfg, device):  # per-example attention over packed rows (+ fused kernels where installed)
-        from workbench.training import attention, packing
+    from workbench.training import packing
+
+    if packing.resolve(cfg, device, model):  # per-example attention over packed rows (+ fused kernels if installed)
+        from workbench.training import attention
 
         attention.use_packed_attention(model)
         if device == "cuda":
