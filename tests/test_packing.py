@@ -181,10 +181,11 @@ def test_packing_is_off_on_cpu_by_default_and_follows_the_setting():
     # 'auto' is settled once the model is loaded: never on a CPU, never for an architecture not checked
     llama = tiny_model()
     cfg.training.packing = "auto"
-    assert not packing.resolve(cfg, "cpu", llama) and cfg.training.packing == "off"
+    assert not packing.resolve(cfg, "cpu", llama) and not packing.enabled(cfg, "cuda")
     llama.config.model_type = "gemma2"
-    cfg.training.packing = "auto"
-    assert not packing.resolve(cfg, "cuda", llama) and cfg.training.packing == "off"
+    cfg = RunConfig()
+    assert not packing.resolve(cfg, "cuda", llama) and not packing.enabled(cfg, "cuda")
+    assert cfg.training.packing == "auto" and "_packing" not in cfg.to_yaml()  # the saved config keeps 'auto'
 
 
 @pytest.mark.integration

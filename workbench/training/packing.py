@@ -40,16 +40,20 @@ AUTO_MODEL_TYPES = ("llama", "mistral")  # checked end to end (tests and the H20
 
 def resolve(cfg, device: str, model) -> bool:
     """Settle 'auto' once the model is loaded: packed on CUDA, with the kernel, for a checked architecture.
-    Writes 'on' or 'off' into this process's copy of the config, so every later decision agrees."""
+    The decision is kept on this process's config object (not a field: the saved config keeps 'auto'), so every
+    later `enabled` agrees."""
     if mode(cfg) == "auto":
         kind = getattr(model.config, "model_type", "")
         ok = device == "cuda" and attention.kernel_available("cuda") and kind in AUTO_MODEL_TYPES
-        cfg.training.packing = "on" if ok else "off"
+        cfg.training._packing_decided = ok
     return enabled(cfg, device)
 
 
 def enabled(cfg, device: str) -> bool:
     wanted = mode(cfg)
+    decided = getattr(cfg.training, "_packing_decided", None)
+    if wanted == "auto" and decided is not None:
+        return decided
     if wanted == "off":
         return False
     if wanted == "on":
