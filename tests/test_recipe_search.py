@@ -1,0 +1,154 @@
+"""Recipe search (issue 18): the space and its rules, one search at a time through the training slot, and a tiny real
+search (real Optuna, real run folders, the embedded model in real 4-bit on CPU) whose bad trial is pruned."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+
+from conftest import run_cli
+from workbench import paths, runs
+from workbench.config import PRESETS, preset
+from workbench.training import jobs
+from workbench.training import search
+
+TINY = ["--set", "training.max_steps=3", "--set", "training.eval_steps=1", "--set", "training.save_steps=1",
+        "--set", "training.logging_steps=1", "--set", "training.batch_size=2", "--set", "data.max_train_examples=8",
+        "--set", "data.max_eval_examples=4", "--set", "model.max_seq_length=96"]
+
+
+# -- fast: the space, the presets, the rules ------------------------------------------------------
+
+def test_space_adds_the_starting_value_and_drops_epochs_when_steps_are_fixed():
+    base = preset("quick-demo-cpu")  # lr 1e-3, r16 on q/k/v/o, max_steps 30
+    space = search.normalize_space(base)
+    assert "training.epochs" not in space  # max_steps is set: epochs change nothing
+    assert space["training.learning_rate"] == [1e-4, 2e-4, 4e-4, 8e-4, 1e-3]
+    assert space["lora.r"] == [16, 64, 256]
+    assert search.recipe_params(base, space) == {"lora.target_modules": "attention", "lora.r": 16,
+                                                 "training.learning_rate": 1e-3}
+    base.training.max_steps = 0
+    assert search.normalize_space(base)["training.epochs"] == [1.0, 2.0, 3.0]
+    with pytest.raises(search.SearchError, match="searchable settings are lora.target_modules"):
+        search.normalize_space(base, {"lora.dropout": [0.1]})
+    with pytest.raises(search.SearchError, match="positive"):
+        search.normalize_space(base, {"training.learning_rate": ["-1"]})
+
+
+def test_apply_sets_layers_rank_with_alpha_twice_rank_and_learning_rate():
+    cfg = search.apply(preset("quick-demo-cpu"), {"lora.target_modules": "all-linear", "lora.r": 64,
+                                                  "training.learning_rate": 4e-4})
+    assert cfg.lora.target_modules == search.ALL_LINEAR and (cfg.lora.r, cfg.lora.alpha) == (64, 128)
+    assert cfg.training.learning_rate == 4e-4 and cfg.validate() == []
+    assert preset("quick-demo-cpu").lora.r == 16  # the base is not changed
+
+
+def test_gpu_presets_embedded_uses_the_measured_best_recipe_and_the_seed_stays_the_seed():
+    best, seed = preset("embedded-gpu"), preset("seed-mistral-7b-gpu")
+    assert (best.lora.target_modules, best.lora.r, best.lora.alpha, best.training.learning_rate) == \
+        (search.ALL_LINEAR, 64, 128, 4e-4)
+    assert (seed.lora.target_modules, seed.lora.r, seed.lora.alpha, seed.training.learning_rate) == \
+        (search.ATTENTION, 16, 32, 2e-4)
+    text = PRESETS["embedded-gpu"].description
+    for measured in ("-43.7%", "-30.8%", "+75.6%", "+62.4%", "H200", "seed-mistral-7b-gpu"):
+        assert measured in text
+
+
+def test_budget_and_last_evaluation_rules_say_what_to_fix():
+    base = preset("quick-demo-cpu")
+    with pytest.raises(search.SearchError, match="budget"):
+        search.create_search(base, trials=0, minutes=0)
+    base.training.max_steps, base.training.eval_steps = 7, 3
+    with pytest.raises(search.SearchError, match="multiple of training.eval_steps"):
+        search.create_search(base, trials=2)
+
+
+def test_one_search_at_a_time_and_not_while_a_run_trains():
+    base = preset("quick-demo-cpu")
+    # A run holds the training slot (this process stands in for its trainer: a live pid).
+    jobs._claim("some-run", os.getpid())
+    with pytest.raises(search.SearchError, match="Run 'some-run' is training now"):
+        search.start_search(base, trials=2)
+    runs.slot_file().unlink()
+    # A search runs: its process holds the search lock and is recorded in its search.json.
+    running = search.create_search(base, trials=2)
+    data = search.read_search(running)
+    data.update(state="running", **runs.process_record())
+    (search.folder(running) / "search.json").write_text(json.dumps(data))
+    lock = paths.acquire_lock(search.search_lock_path(), wait_s=0)
+    try:
+        with pytest.raises(search.SearchError, match=f"Search '{running}' is running"):
+            search.start_search(base, trials=2)
+    finally:
+        lock.close()
+    # Its process gone (the lock dropped): the search is interrupted, its trials kept, and a new one may start.
+    assert search.list_searches()[0]["state"] == "interrupted"
+    assert search.active_search() is None
+    with pytest.raises(search.SearchError, match="no completed trial"):
+        search.use_recipe(running)
+
+
+def test_cli_errors_name_the_fix():
+    out = run_cli("search", "--list")
+    assert out.returncode == 0 and "No searches yet" in out.stdout
+    out = run_cli("search", "--preset", "quick-demo-cpu", "--space", "lora.dropout=0.1")
+    assert out.returncode == 1 and "searchable settings are" in out.stderr
+    out = run_cli("search", "--preset", "quick-demo-cpu", "--trials", "0")
+    assert out.returncode == 1 and "--trials 6" in out.stderr
+    out = run_cli("search", "--use", "search-nope")
+    assert out.returncode == 1 and "search --list" in out.stderr
+
+
+# -- integration: a tiny real search -----------------------------------------------------------------
+
+def last_eval_loss(run_id: str) -> float:
+    return [e["eval_loss"] for e in runs.read_events(run_id) if "eval_loss" in e][-1]
+
+
+@pytest.mark.integration
+def test_tiny_search_runs_real_trials_prunes_the_bad_one_and_use_starts_the_best_recipe():
+    import optuna
+
+    # Trial 0 is the preset itself (lr 1e-3); the only other recipe in the space is a learning rate so small that the
+    # adapter barely moves, so at the first evaluation (step 1 of 3) it is behind trial 0 and the median pruner stops
+    # it (the stop lands at the end of the step in progress, step 2).
+    out = run_cli("search", "--preset", "quick-demo-cpu", "--trials", "2", "--space", "training.learning_rate=1e-7",
+                  "--space", "lora.r=16", "--space", "lora.target_modules=attention", *TINY, timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    listed = json.loads(run_cli("search", "--list", "--json").stdout)
+    assert [(s["state"], s["trials"]) for s in listed] == [("completed", 2)]
+    data = search.read_search(listed[0]["id"])
+    assert data["sampler"] == "every combination"
+    good, bad = data["trials"]
+    assert (good["state"], good["params"]["training.learning_rate"]) == ("completed", 1e-3)
+    assert (bad["state"], bad["params"]["training.learning_rate"]) == ("pruned", 1e-7)
+    # Each trial is a normal run folder; the score is the run's own last held-out eval loss.
+    assert math.isclose(good["eval_loss"], last_eval_loss(good["run_id"]), abs_tol=1e-4)
+    assert runs.read_status(good["run_id"])["state"] == "completed"
+    pruned = runs.read_status(bad["run_id"])
+    assert pruned["state"] == "stopped" and pruned["step"] < pruned["total_steps"]
+    assert "Pruned by recipe search" in pruned["reason"] and pruned["search"] == data["id"]
+    first_good = next(e["eval_loss"] for e in runs.read_events(good["run_id"]) if "eval_loss" in e)
+    first_bad = next(e["eval_loss"] for e in runs.read_events(bad["run_id"]) if "eval_loss" in e)
+    assert first_bad > first_good
+    # Optuna's own storage agrees (it survives the process: a fresh load reads it from SQLite).
+    study = optuna.load_study(study_name=data["id"], storage=f"sqlite:///{search.folder(data['id']) / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    assert math.isclose(study.best_value, good["eval_loss"], abs_tol=1e-4)
+    assert data["best"]["number"] == 0 and jobs.active_run() is None  # the slot is free again
+    shown = run_cli("search", "--show", data["id"])
+    assert "pruned" in shown.stdout and f"search --use {data['id']}" in shown.stdout
+    # "Use this recipe": the full run starts with the best trial's settings, scored when it ends.
+    used = run_cli("search", "--use", data["id"])
+    assert used.returncode == 0, used.stderr
+    full = next(r for r in runs.list_runs() if r["name"].endswith("-trial-0-full"))
+    cfg = runs.load_run_config(full["id"])
+    assert cfg.training.learning_rate == 1e-3 and cfg.eval.run_after_training is True
+    assert run_cli("stop", full["id"]).returncode == 0
+    deadline = time.time() + 600
+    while runs.read_status(full["id"]).get("state") in runs.ACTIVE_STATES and time.time() < deadline:
+        time.sleep(2)
+    assert runs.read_status(full["id"])["state"] in ("stopped", "completed")
