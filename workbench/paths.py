@@ -79,6 +79,18 @@ def data_roots() -> list[Path]:
     return [data_dir(), default_dbdemos_dir(), *extra]
 
 
+def change_marker(key: str, files) -> str:
+    """A cheap 'did anything change?' key for views that poll: size and mtime of each file (stat only, no read)."""
+    parts = [str(key)]
+    for path in files:
+        try:
+            st = Path(path).stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append("-")
+    return ":".join(parts)
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write UTF-8 text through a temporary file and a rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)

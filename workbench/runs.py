@@ -249,14 +249,7 @@ def events_note(run_id: str) -> str:
 def change_marker(run_id: str) -> str:
     """Cheap 'did anything change?' key: sizes/mtimes of events.jsonl and status.json (no file read)."""
     run = folder(run_id)
-    parts = [run_id]
-    for path in (run.events, run.status_file):
-        try:
-            st = path.stat()
-            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-        except FileNotFoundError:
-            parts.append("-")
-    return ":".join(parts)
+    return paths.change_marker(run_id, (run.events, run.status_file))
 
 
 def log_tail(run_id: str, chars: int = 4000) -> str:

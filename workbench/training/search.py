@@ -148,15 +148,8 @@ def _write(path: Path, data: dict) -> None:
 
 def change_marker(search_id: str | None) -> str:
     """Cheap 'did anything change?' key for the views: stat calls only."""
-    parts = [str(search_id)]
     files = [searches_dir()] + ([folder(search_id, False) / n for n in ("search.json", "STOP")] if search_id else [])
-    for p in files:
-        try:
-            st = p.stat()
-            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-        except FileNotFoundError:
-            parts.append("-")
-    return ":".join(parts)
+    return paths.change_marker(str(search_id), files)
 
 
 def _alive(data: dict) -> bool:
