@@ -34,6 +34,7 @@ def _empty_state():
 def _read(kind, path, upload):
     """The chosen source as a table. A request names only a source kind and, for files, a path that must lie
     in an upload (Gradio's upload folder) or in one of the data folders (paths.data_roots) — never elsewhere."""
+    kind = str(kind or "")
     try:
         if kind.startswith("sample"):
             return data.load_raw("sample"), "the shipped sample"
