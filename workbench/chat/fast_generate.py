@@ -31,6 +31,7 @@ only on CUDA.
 """
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import weakref
@@ -85,8 +86,16 @@ def _dense(linear, dtype):
         import bitsandbytes.functional as bnbf
 
         data = w.data
-        if getattr(state, "packing_format_for_cpu", False):  # bnb repacks CPU weights at the first forward
-            data, state = bnbf._convert_weight_packed_for_cpu_inverse(data, state)
+        if getattr(state, "packing_format_for_cpu", False):
+            # bitsandbytes repacks CPU weights for its AVX512 kernel at the first forward (absmax in bf16,
+            # transposed). Unpack the codes on a COPY of the state (the inverse edits the state it is given)
+            # and keep that bf16 absmax, which is what the plain path now computes with.
+            packed = copy.copy(state)
+            packed.original_nested = False  # no re-quantizing of absmax
+            data, unpacked = bnbf._convert_weight_packed_for_cpu_inverse(data, packed)
+            unpacked.absmax = state.absmax.T.reshape(-1).float().contiguous()
+            unpacked.nested = False
+            state = unpacked
         return bnbf.dequantize_4bit(data, state).to(dtype)
     if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise Unsupported(f"weights of type {w.dtype}")

@@ -296,7 +296,8 @@ def chat_pair(left: str, right: str, question: str, histories=(None, None), sett
                                 f"{str(e)[:300]}); its adapter/ folder may be incomplete — retrain the run.") from e
         names = [PEFT_BASE if side == BASE else adapter_name(side) for side in (left, right)]
         for update in stream_pair(held, names, prompts, settings, stop_event):
-            update.note = note
+            # on CUDA, say why the fast path is off (a run training, too little free memory...)
+            update.note = " ".join(x for x in (note, held.fast_note if held.device == "cuda" else "") if x)
             yield update
 
 

@@ -193,11 +193,11 @@ def _fast_engine(held, rows: int, tokens: int):
     from workbench.chat import fast_generate
 
     if not fast_generate.enabled(getattr(held, "device", "")):
+        held.fast_note = "(Fast generation is off: WORKBENCH_FAST_GENERATE=0.)"  # shown on CUDA only
         return None
     engine, why = fast_generate.engine_for(held.model, held.device,
                                            extra_bytes=fast_generate.kv_bytes(held.model, rows, tokens))
-    if engine is None:
-        held.fast_note = why
+    held.fast_note = "" if engine is not None else f"(Fast generation is off: {why}.)"
     return engine
 
 

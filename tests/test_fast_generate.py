@@ -1,0 +1,338 @@
+"""The fast generation engine (workbench.chat.fast_generate) computes what plain `generate` computes.
+
+CPU tests run the engine's logic without CUDA graphs (WORKBENCH_FAST_GENERATE=all or the engine directly)
+on the real embedded model in 4-bit: in float32 compute its greedy tokens must equal plain `generate`'s
+exactly (prefill masks, positions, static cache, length-sorted batches, per-row LoRA slots); in bf16 (the
+default compute dtype) they must be equal or part only at a near-tie of the plain model's logits, which
+arithmetic order explains. `gpu` tests run the CUDA-only parts (graph capture and replay, pinned
+one-step-behind token reads) on the device machine.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from test_chat_support import QUESTION
+from workbench.chat import fast_generate as fg
+from workbench.chat.streaming import PEFT_BASE, ChatSettings, stream_pair
+from workbench.config import ModelConfig
+
+QUESTIONS = [QUESTION, "How do I OPTIMIZE a Delta table?", "Explain Z-ordering briefly.",
+             "What is Unity Catalog?", "Write a PySpark snippet that reads a CSV file into a DataFrame."]
+pytestmark = pytest.mark.integration
+
+
+def _load(dtype: str):
+    from workbench.models import load_model
+
+    model, tok, _ = load_model(ModelConfig(compute_dtype=dtype), "cpu")
+    model.eval()
+    if dtype == "float32":
+        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights at the first forward and multiplies in
+        # bf16 whatever the compute dtype: keep its float32 dequantize + matmul path so both sides are float32.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    return _load("float32")
+
+
+@pytest.fixture(scope="module")
+def bf16():
+    return _load("bfloat16")
+
+
+def _prompt(tok, question: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _plain(model, tok, prompts, new, adapter_names=None, scores=False):
+    """Plain transformers generate on a left-padded batch (the workbench's own padding helper)."""
+    import torch
+
+    from workbench.evaluation.scoring import left_padded
+
+    ids, mask = left_padded(prompts, tok.pad_token_id, "cpu")
+    kw = {"adapter_names": adapter_names} if adapter_names else {}
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=tok.pad_token_id, output_scores=True,
+                             return_dict_in_generate=True, **kw)
+    rows = [out.sequences[r, ids.shape[1]:].tolist() for r in range(len(prompts))]
+    return (rows, out.scores) if scores else rows
+
+
+def _fast(engine, prompts, new, adapters=None):
+    steps = list(engine.generate(prompts, adapters or [None] * len(prompts), new, stop_ids=()))
+    return [[s[r] for s in steps] for r in range(len(prompts))]
+
+
+def test_float32_greedy_tokens_equal_plain_generate_batched_and_alone(fp32):
+    model, tok = fp32
+    engine = fg.FastEngine(model)
+    assert not engine.use_graphs  # CPU: the same math, no graphs
+    prompts = [_prompt(tok, q) for q in QUESTIONS[:3]]
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    assert _fast(engine, prompts, 12) == _plain(model, tok, prompts, 12)
+    assert _fast(engine, prompts[2:], 12) == _plain(model, tok, prompts[2:], 12)
+
+
+def test_bf16_greedy_tokens_equal_or_part_only_at_a_near_tie(bf16):
+    """bf16 (the default): equal, or the first differing token is the plain model's runner-up at a near-tie."""
+    model, tok = bf16
+    engine = fg.FastEngine(model)
+    prompts = [_prompt(tok, q) for q in QUESTIONS[:2]]
+    fast = _fast(engine, prompts, 16)
+    plain, scores = _plain(model, tok, prompts, 16, scores=True)
+    for row, (f, p) in enumerate(zip(fast, plain)):
+        first = next((i for i, (a, b) in enumerate(zip(f, p)) if a != b), None)
+        if first is None:
+            continue
+        logits = scores[first][row].float()
+        top2 = logits.topk(2)
+        assert f[first] == top2.indices[1].item(), (row, first)  # the fast path took the runner-up
+        assert (top2.values[0] - top2.values[1]).item() <= 0.01 * top2.values[0].abs().item() + 0.13, (row, first)
+
+
+def test_engine_reads_weights_bitsandbytes_repacked_for_the_cpu(bf16):
+    """After a plain forward, bitsandbytes keeps CPU weights in its AVX512 layout (absmax in bf16): the engine
+    unpacks a copy (the model keeps working) and gets the same matrix up to that bf16 absmax."""
+    import torch
+
+    model, tok = bf16
+    lin = model.model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 3, lin.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = lin(x)
+    dense = fg._dense(lin, torch.float32)
+    state = lin.weight.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):
+        pytest.skip("this CPU has no AVX512-BF16 kernel: bitsandbytes did not repack")
+    with torch.inference_mode():
+        after = lin(x)
+    assert torch.equal(before, after) and state.packing_format_for_cpu  # the model was not changed
+    reference = (x.float() @ dense.T)
+    assert (after.float() - reference).abs().max() <= 0.02 * reference.abs().max()
+
+
+def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
+    """Base and two adapters' rows in one batch (ranks 8 and 4, different target modules): the engine's slot
+    gating equals peft's per-row routing."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = fp32
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      task_type="CAUSAL_LM")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, lora, adapter_name="tuned")
+    try:
+        peft_model.add_adapter("other", LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=[
+            "q_proj", "v_proj", "gate_proj", "down_proj"], task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(param, std=0.2)
+        peft_model.eval()
+        prompts = [_prompt(tok, QUESTION)] * 3
+        plain = _plain(peft_model, tok, prompts, 10, adapter_names=[PEFT_BASE, "tuned", "other"])
+        engine = fg.FastEngine(peft_model)
+        fast = _fast(engine, prompts, 10, [None, "tuned", "other"])
+        assert fast == plain
+        assert fast[0] != fast[1] and fast[1] != fast[2] and fast[0] != fast[2]  # each adapter acts on its row
+        # another request with other slots reuses nothing stale
+        assert _fast(engine, prompts[:2], 6, ["other", None]) == [fast[2][:6], fast[0][:6]]
+        assert fg.active_lora(peft_model) == ("tuned",)
+        with peft_model.disable_adapter():
+            assert fg.active_lora(peft_model) == ()
+    finally:
+        peft_model.unload()
+
+
+def test_eval_answers_on_the_engine_equal_plain_in_the_prompts_order(fp32, monkeypatch):
+    """scoring.generate_answers through the engine (length-sorted batches, bigger than asked) vs plain."""
+    from workbench.evaluation import scoring
+
+    model, tok = fp32
+    records = [{"instruction": q, "input": "", "context": "", "output": "x"} for q in QUESTIONS]
+    monkeypatch.setenv("WORKBENCH_FAST_GENERATE", "0")
+    plain = scoring.generate_answers(model, tok, records, 10, 256, batch_size=2)
+    assert fg.cached_engine(model) is None
+    monkeypatch.setenv("WORKBENCH_FAST_GENERATE", "all")
+    seen = []
+    fast = scoring.generate_answers(model, tok, records, 10, 256, batch_size=2,
+                                    progress=lambda f, m: seen.append(m))
+    assert fg.cached_engine(model) is not None  # the engine answered, and is kept for the next pass
+    assert fast == plain
+    assert seen[-1] == f"generating {len(records)}/{len(records)}"
+    fg.drop_engine(model)
+
+
+def test_streaming_stop_and_per_row_prompts_on_the_engine(fp32, monkeypatch):
+    """stream_pair on the engine: both rows stream step by step, each row answers its own prompt as it
+    would alone, Stop ends early, sampling repeats with its seed."""
+    from workbench.chat.session import HeldModel
+
+    model, tok = fp32
+    held = HeldModel(key=("t",), model=model, tokenizer=tok, device="cpu")
+    prompts = [_prompt(tok, QUESTIONS[1]), _prompt(tok, QUESTIONS[3])]
+    settings = ChatSettings(max_new_tokens=10)
+    monkeypatch.setenv("WORKBENCH_FAST_GENERATE", "0")
+    plain = list(stream_pair(held, [PEFT_BASE, PEFT_BASE], prompts, settings))
+    monkeypatch.setenv("WORKBENCH_FAST_GENERATE", "all")
+    fast = list(stream_pair(held, [PEFT_BASE, PEFT_BASE], prompts, settings))
+    assert fg.cached_engine(model) is not None
+    assert fast[-1].texts == plain[-1].texts and fast[-1].finished and not fast[-1].stopped
+    assert [u.tokens for u in fast[:-1]] == [u.tokens for u in plain[:-1]]  # one update per step, same counts
+    from workbench.evaluation.scoring import stop_token_ids
+
+    stops = stop_token_ids(model, tok)
+    alone = _fast(fg.cached_engine(model), prompts[1:], 10)[0]  # row 1's prompt in a batch of its own
+    alone = alone[:next((i for i, t in enumerate(alone) if t in stops), len(alone))]
+    assert fast[-1].texts[1] == tok.decode(alone, skip_special_tokens=True).strip()
+
+    stop = threading.Event()
+    updates = []
+    for update in stream_pair(held, [PEFT_BASE, PEFT_BASE], prompts, ChatSettings(max_new_tokens=40), stop):
+        updates.append(update)
+        if len(updates) == 3:
+            stop.set()
+    assert updates[-1].finished and updates[-1].stopped and max(updates[-1].tokens) < 40
+
+    sampled = ChatSettings(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=7)
+    one = list(stream_pair(held, [PEFT_BASE, PEFT_BASE], prompts, sampled))[-1].texts
+    two = list(stream_pair(held, [PEFT_BASE, PEFT_BASE], prompts, sampled))[-1].texts
+    assert one == two
+    fg.drop_engine(model)
+
+
+def test_cpu_default_is_plain_and_training_or_memory_keeps_the_plain_path(fp32, monkeypatch):
+    import torch
+
+    model, _ = fp32
+    monkeypatch.delenv("WORKBENCH_FAST_GENERATE", raising=False)
+    assert fg.enabled("cuda") and not fg.enabled("cpu")  # CPU behaviour stays as it was
+    monkeypatch.setenv("WORKBENCH_FAST_GENERATE", "0")
+    assert not fg.enabled("cuda")
+    monkeypatch.setenv("WORKBENCH_FAST_GENERATE", "all")
+    engine, why = fg.engine_for(model, "cpu")
+    assert engine is not None and why == ""
+    # a run training elsewhere: no bf16 copy, and an existing one is dropped (training comes first)
+    monkeypatch.setattr(fg, "training_elsewhere", lambda: "20250101-000000-busy")
+    engine, why = fg.engine_for(model, "cuda")
+    assert engine is None and "20250101-000000-busy" in why and fg.cached_engine(model) is None
+    # not enough free GPU memory for the dense copy: plain path, with the numbers
+    monkeypatch.setattr(fg, "training_elsewhere", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (64 * 2**20, 80 * 2**30))
+    engine, why = fg.engine_for(model, "cuda")
+    assert engine is None and "GB are free" in why
+    assert fg.dense_bytes(model) > 100 * 2**20  # 2 bytes per decoder-layer parameter of the 135M model
+
+
+# -- CUDA only (run on the device machine) ------------------------------------------------------------
+
+def _small_cuda_model(tmp_path, layers=4):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from workbench import models
+
+    cfg = LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=layers, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=4096, initializer_range=0.08, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path)
+    mc = ModelConfig(name_or_path=str(tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=models.quantization_config(mc, "cuda"),
+                                                 dtype=torch.bfloat16, device_map={"": 0}, attn_implementation="sdpa")
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"],
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora, adapter_name="run1")
+    model.add_adapter("run2", lora)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_equals_eager_engine_and_plain_generate(tmp_path):
+    import torch
+
+    model = _small_cuda_model(tmp_path)
+    engine, why = fg.engine_for(model, "cuda")
+    assert engine is not None and engine.use_graphs, why
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 4096, (n,), generator=g).tolist() for n in (7, 19, 230)]
+    adapters = [None, "run1", "run2"]
+    graphed = _fast(engine, prompts, 40, adapters)  # crosses a 256-token attention window on row 3
+    assert engine._states and any(st.graphs for st in engine._states.values())
+    engine.use_graphs = False
+    eager = _fast(engine, prompts, 40, adapters)
+    engine.use_graphs = True
+    assert graphed == eager  # replaying the captured graphs runs exactly the eager kernels
+    from workbench.evaluation.scoring import left_padded
+
+    ids, mask = left_padded(prompts, 0, "cuda")
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, min_new_tokens=40,
+                             do_sample=False, pad_token_id=0, adapter_names=[PEFT_BASE, "run1", "run2"],
+                             output_scores=True, return_dict_in_generate=True)
+    for row in range(3):
+        plain = out.sequences[row, ids.shape[1]:].tolist()
+        first = next((i for i, (a, b) in enumerate(zip(plain, graphed[row])) if a != b), None)
+        if first is not None:  # bitsandbytes' own kernels sum in another order: only a near-tie may differ
+            top = out.scores[first][row].float().topk(2).values
+            assert first > 0 and (top[0] - top[1]).item() <= 0.02 * top[0].abs().item() + 0.13, (row, first)
+
+
+@pytest.mark.gpu
+def test_cuda_stop_sampling_seed_and_eval_path(tmp_path, monkeypatch):
+    import torch
+
+    from workbench.evaluation import scoring
+
+    model = _small_cuda_model(tmp_path, layers=2)
+    engine, _ = fg.engine_for(model, "cuda")
+    prompt = list(range(10, 40))
+    kw = dict(temperature=0.8, top_p=0.9, seed=3)
+    one = list(engine.generate([prompt] * 2, [None, "run1"], 20, (), **kw))
+    two = list(engine.generate([prompt] * 2, [None, "run1"], 20, (), **kw))
+    assert one == two and len(one) == 20
+    calls = []
+    stopped = list(engine.generate([prompt] * 2, [None, "run1"], 50, (), should_stop=lambda: calls.append(1) or
+                                   len(calls) >= 5))
+    assert len(stopped) == 5
+    greedy = list(engine.generate([prompt], [None], 12, ()))
+    stop_tok = greedy[3][0]
+    ended = list(engine.generate([prompt], [None], 12, (stop_tok,)))
+    assert len(ended) == 1 + next(i for i, s in enumerate(greedy) if s[0] == stop_tok)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    prompts = [list(range(5, 5 + n)) for n in (30, 3, 12)]
+    monkeypatch.setattr(scoring, "prompt_ids", lambda r, *a, **k: r["ids"])
+    records = [{"ids": p} for p in prompts]
+    with model.disable_adapter():  # the base pass of an evaluation
+        answers = scoring.generate_answers(model, Tok(), records, 8, 512, batch_size=2)
+    tuned = scoring.generate_answers(model, Tok(), records, 8, 512, batch_size=2)  # active adapter: run1
+    stop = scoring.stop_token_ids(model, Tok())
+    assert engine._states and any(st.rows == 3 for st in engine._states.values())  # all 3 in one engine batch
+    batched = fg.generate_batched(engine, prompts, None, 8, stop)  # longest first, answers in the given order
+    assert answers == [" ".join(map(str, t)) for t in batched]
+    assert tuned == [" ".join(map(str, t)) for t in fg.generate_batched(engine, prompts, "run1", 8, stop)]
+    rows = list(engine.generate(sorted(prompts, key=len, reverse=True), [None] * 3, 8, stop))
+    first_row = [s[0] for s in rows]
+    first_row = first_row[:next((i for i, t in enumerate(first_row) if t in stop), len(first_row))]
+    assert answers[0] == " ".join(map(str, first_row))  # prompts[0] is the longest: row 0 of the sorted batch
+    torch.cuda.synchronize()
