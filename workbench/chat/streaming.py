@@ -213,7 +213,9 @@ def _update(tokenizer, tokens, done, first, last, partial: bool) -> PairUpdate:
 
 def explain_failure(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {str(exc)[:300]}"
-    if "out of memory" in str(exc).lower():
+    from workbench.models import is_out_of_memory
+
+    if is_out_of_memory(exc):
         return (f"Chat ran out of GPU memory ({text}). Lower max new tokens or shorten the conversation (Clear); "
                 f"training runs are never stopped for chat.")
     return f"Generation failed ({text}). Try Clear, fewer max new tokens, or another run."
