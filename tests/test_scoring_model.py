@@ -95,3 +95,21 @@ def test_generation_respects_max_new_tokens(model_and_tokenizer):
     model, tok = model_and_tokenizer
     out = scoring.generate_answers(model, tok, RECORDS[:2], max_new_tokens=3, max_length=256, batch_size=2)
     assert all(0 < len(tok(a, add_special_tokens=False)["input_ids"]) <= 4 for a in out)
+
+
+def test_no_repeat_ngram_rule_reaches_generation_and_the_base_cache_key(model_and_tokenizer):
+    """eval.no_repeat_ngram_size: the generated tokens never repeat a 3-token phrase, and a cached base result
+    scored without the rule is never reused for a run scored with it."""
+    from workbench.config import preset
+    from workbench.evaluation import evaluate
+
+    model, tokenizer = model_and_tokenizer
+    answers = scoring.generate_answers(model, tokenizer, RECORDS, 40, 256, no_repeat_ngram_size=3)
+    for text in answers:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+        assert text and len(grams) == len(set(grams)), text  # (checked on the decoded text, re-encoded)
+    cfg, plain = preset("quick-demo-cpu"), preset("quick-demo-cpu")
+    plain.eval.no_repeat_ngram_size = 0
+    assert cfg.eval.no_repeat_ngram_size == 3
+    assert evaluate.base_cache_key(cfg, RECORDS, "cpu") != evaluate.base_cache_key(plain, RECORDS, "cpu")

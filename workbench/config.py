@@ -146,6 +146,9 @@ class EvalSettings:
     max_new_tokens: int = _f(128, "Longest generated answer when scoring ROUGE/BLEU.")
     max_examples: int = _f(50, "Score at most this many held-out questions (0 = all). Generation is the slow part.")
     batch_size: int = _f(8, "Questions generated together while scoring.")
+    no_repeat_ngram_size: int = _f(0, "When above 0, greedy scoring never repeats a phrase of this many tokens "
+                                      "(the same rule for base and fine-tuned; 0 = plain greedy). Small models "
+                                      "otherwise loop ('table_name.table_name…') and the scores measure the loop.")
 
 
 @dataclass
@@ -356,6 +359,7 @@ def validate(cfg: RunConfig) -> list[str]:
         (0 < d.eval_fraction < 0.9, f"data.eval_fraction {d.eval_fraction} must be between 0 and 0.9; 0.1 keeps 10% aside."),
         (d.max_train_examples >= 0 and d.max_eval_examples >= 0, "data.max_*_examples cannot be negative; 0 means all."),
         (ev.max_new_tokens >= 1, "eval.max_new_tokens must be at least 1; 128 is a good start."),
+        (ev.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size must be 0 (off) or a phrase length such as 3."),
         (ev.batch_size >= 1, "eval.batch_size must be at least 1."),
     ]
     errors += [msg for ok, msg in checks if not ok]

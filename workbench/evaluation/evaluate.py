@@ -191,6 +191,7 @@ def base_cache_key(cfg: RunConfig, records: list[dict], device: str) -> str:
         "double_quant": m.double_quant, "dtype": m.compute_dtype, "max_seq_length": m.max_seq_length,
         "template": cfg.data.template, "system_prompt": cfg.data.system_prompt, "device": device,
         "max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size,
+        "no_repeat_ngram_size": cfg.eval.no_repeat_ngram_size,
         "records": [[str(r.get(k) or "") for k in ("instruction", "input", "context", "output")] for r in records],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
@@ -220,7 +221,8 @@ def score_model(model, tokenizer, cfg: RunConfig, records: list[dict], ppl_progr
     ppl = scoring.answer_perplexity(model, tokenizer, records, cfg.model.max_seq_length, progress=ppl_progress,
                                     **common)
     answers = scoring.generate_answers(model, tokenizer, records, cfg.eval.max_new_tokens, cfg.model.max_seq_length,
-                                       progress=gen_progress, **common)
+                                       progress=gen_progress, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
+                                       **common)
     references = [str(r["output"]).strip() for r in records]
     metrics = {"perplexity": ppl["perplexity"], **scoring.text_metrics(answers, references)}
     return {"metrics": metrics, "answers": answers, "answer_tokens": ppl["answer_tokens"],

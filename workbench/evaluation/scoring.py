@@ -176,22 +176,25 @@ def _fast_answers(model, tokenizer, prompts, max_new_tokens, stop_ids, batch_siz
 
 def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int, max_length: int,
                      template: str = "chat", system_prompt: str = "", batch_size: int = 8,
-                     progress=None) -> list[str]:
+                     progress=None, no_repeat_ngram_size: int = 0) -> list[str]:
     """Greedy answers, generated in left-padded batches (new tokens only, special tokens removed).
 
-    On CUDA the fast engine answers (see _fast_answers); on a CPU plain `generate` in batches of batch_size."""
+    On CUDA the fast engine answers (see _fast_answers); on a CPU plain `generate` in batches of batch_size.
+    With no_repeat_ngram_size > 0 plain `generate` applies that rule (the fast engine has no such rule)."""
     import torch
     from transformers import GenerationConfig
 
     progress = progress or _noop
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                               pad_token_id=pad, eos_token_id=stop_token_ids(model, tokenizer))
+                               pad_token_id=pad, eos_token_id=stop_token_ids(model, tokenizer),
+                               no_repeat_ngram_size=int(no_repeat_ngram_size or 0))
     device = next(model.parameters()).device
     prompts = [prompt_ids(r, tokenizer, max_length, template, system_prompt) for r in records]
-    fast = _fast_answers(model, tokenizer, prompts, max_new_tokens, gen_cfg.eos_token_id, batch_size, progress)
-    if fast is not None:
-        return fast
+    if not no_repeat_ngram_size:
+        fast = _fast_answers(model, tokenizer, prompts, max_new_tokens, gen_cfg.eos_token_id, batch_size, progress)
+        if fast is not None:
+            return fast
     answers: list[str] = []
     for start, batch in _batches(prompts, batch_size):
         ids, mask = left_padded(batch, pad, device)
