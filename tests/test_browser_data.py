@@ -22,9 +22,15 @@ def test_data_tab_dbdemos_search_filter_clean_preview_leakage(app_server, page, 
 
     # a path that does not exist: a clear message, and the sample stays on screen
     page.get_by_role("radio", name="file path").check()
-    page.locator("#data-path textarea").fill("/no/such/file.csv")
+    missing = app_server.log.parent / "data" / "no_such_file.csv"  # inside the data folder the app may open
+    page.locator("#data-path textarea").fill(str(missing))
     page.get_by_role("button", name="Load", exact=True).click()
     page.get_by_text(re.compile(r"does not exist; check the path")).wait_for()
+    assert summary_rows(page) == 78
+    # a server file outside the data folders: refused without saying whether it exists
+    page.locator("#data-path textarea").fill("/etc/passwd")
+    page.get_by_role("button", name="Load", exact=True).click()
+    page.get_by_text(re.compile(r"Only files inside")).first.wait_for()
     assert summary_rows(page) == 78
 
     page.get_by_role("radio", name="dbdemos folder").check()
@@ -35,7 +41,7 @@ def test_data_tab_dbdemos_search_filter_clean_preview_leakage(app_server, page, 
     search = page.locator("#data-search textarea, #data-search input").first
     search.fill("unity catalog")
     search.press("Enter")
-    summary.get_by_text(re.compile(r"showing \d+ of [\d,]+ matching")).wait_for()
+    summary.get_by_text(re.compile(r"showing [\d,]+–[\d,]+ of [\d,]+ matching")).wait_for()
     page.wait_for_function("() => !/of 4,769 matching/.test(document.querySelector('#data-summary').innerText)")
     matching = int(re.search(r"of ([\d,]+) matching", summary.inner_text()).group(1).replace(",", ""))
     assert 0 < matching < 4769
