@@ -129,10 +129,11 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
         return (f"Started run **{run_id}** with trial {trial if trial not in (None, '') else 'best'}'s settings; it "
                 f"is scored when it ends. Pick it in the Run list above to follow it.")
 
-    start_btn.click(start, [trials, minutes, *groups, *config_inputs], [search_pick, seen],
+    start_btn.click(start, [trials, minutes, *groups, *config_inputs], [search_pick, seen], api_name="search_start",
                     concurrency_limit=1, concurrency_id="train-start")
-    stop_btn.click(stop, search_pick, None)
-    use_btn.click(use, [search_pick, trial_pick], used, concurrency_limit=1, concurrency_id="train-start")
+    stop_btn.click(stop, search_pick, None, api_name="search_stop")
+    use_btn.click(use, [search_pick, trial_pick], used, api_name="search_use", concurrency_limit=1,
+                  concurrency_id="train-start")
     view_io = ([search_pick, seen], [seen, search_pick, status, table, trial_pick])
     timer.tick(_view, *view_io, **private)
     search_pick.input(lambda: "", None, seen, **private)  # another search picked: redraw on the next tick
