@@ -23,7 +23,8 @@ TINY = ["--set", "training.max_steps=3", "--set", "training.eval_steps=1", "--se
 # -- fast: the space, the presets, the rules ------------------------------------------------------
 
 def test_space_adds_the_starting_value_and_drops_epochs_when_steps_are_fixed():
-    base = preset("quick-demo-cpu")  # lr 1e-3, r16 on q/k/v/o, max_steps 30
+    base = preset("quick-demo-cpu")  # lr 1e-3, r16 on q/k/v/o, max_steps set
+    base.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
     space = search.normalize_space(base)
     assert "training.epochs" not in space  # max_steps is set: epochs change nothing
     assert space["training.learning_rate"] == [1e-4, 2e-4, 4e-4, 8e-4, 1e-3]
@@ -116,7 +117,7 @@ def test_tiny_search_runs_real_trials_prunes_the_bad_one_and_use_starts_the_best
     # adapter barely moves, so at the first evaluation (step 1 of 3) it is behind trial 0 and the median pruner stops
     # it (the stop lands at the end of the step in progress, step 2).
     out = run_cli("search", "--preset", "quick-demo-cpu", "--trials", "2", "--space", "training.learning_rate=1e-7",
-                  "--space", "lora.r=16", "--space", "lora.target_modules=attention", *TINY, timeout=1500)
+                  "--space", "lora.r=16", "--space", "lora.target_modules=all-linear", *TINY, timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     listed = json.loads(run_cli("search", "--list", "--json").stdout)
     assert [(s["state"], s["trials"]) for s in listed] == [("completed", 2)]
