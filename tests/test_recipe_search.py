@@ -114,10 +114,12 @@ def test_tiny_search_runs_real_trials_prunes_the_bad_one_and_use_starts_the_best
     import optuna
 
     # Trial 0 is the preset itself (lr 1e-3); the only other recipe in the space is a learning rate so small that the
-    # adapter barely moves, so at the first evaluation (step 1 of 3) it is behind trial 0 and the median pruner stops
-    # it (the stop lands at the end of the step in progress, step 2).
+    # adapter barely moves, so at the first evaluation (step 1 of 6, no warm-up) it is behind trial 0 and the median pruner stops
+    # it (the stop lands at the end of the step in progress, well before step 6).
     out = run_cli("search", "--preset", "quick-demo-cpu", "--trials", "2", "--space", "training.learning_rate=1e-7",
-                  "--space", "lora.r=16", "--space", "lora.target_modules=all-linear", *TINY, timeout=1500)
+                  "--space", "lora.r=16", "--space", "lora.target_modules=attention",
+                  "--set", "lora.target_modules=q_proj,k_proj,v_proj,o_proj", "--set", "training.warmup_ratio=0",
+                  *[a.replace("max_steps=3", "max_steps=6") for a in TINY], timeout=1500)  # time for the 1 s poll
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     listed = json.loads(run_cli("search", "--list", "--json").stdout)
     assert [(s["state"], s["trials"]) for s in listed] == [("completed", 2)]

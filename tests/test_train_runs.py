@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 def tiny_config(steps=8, **overrides):
     cfg = preset("quick-demo-cpu")
     cfg.name = "tiny"
+    cfg.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the checks below count these adapters
     cfg.model.max_seq_length = 128
     cfg.data.max_train_examples = 24
     cfg.data.max_eval_examples = 4

@@ -278,8 +278,8 @@ def test_cpu_estimate_is_a_range_and_eta_comes_from_the_measured_pace():
     assert estimate.measured_seconds_per_step(events) == pytest.approx(9.0)  # model loading (40 s) not counted
     assert estimate.eta_seconds(events, 6, 30) == pytest.approx(9.0 * 24)
     assert estimate.measured_seconds_per_step(events[:1]) is None
-    assert estimate.planned_steps(cfg, 1000) == 30
-    cfg.training.max_steps, cfg.data.max_train_examples = 0, 0
+    assert estimate.planned_steps(cfg, 1000) == cfg.training.max_steps  # max_steps wins over epochs
+    cfg.training.max_steps, cfg.data.max_train_examples, cfg.training.epochs = 0, 0, 1.0
     assert estimate.planned_steps(cfg, 100) == 23  # 90 training rows / batch 4, one epoch
     fake_run("20250101-000001-measured", events=events)
     measured = estimate.measured_on_this_machine(preset("quick-demo-cpu"))
