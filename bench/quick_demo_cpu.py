@@ -148,7 +148,7 @@ def main() -> int:
             "model.max_seq_length", "data.source", "data.max_train_examples", "data.max_eval_examples",
             "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "training.max_steps", "training.epochs",
             "training.batch_size", "training.grad_accum", "training.learning_rate", "training.lr_scheduler",
-            "training.warmup_ratio", "eval.max_examples", "eval.max_new_tokens", "eval.batch_size")},
+            "training.warmup_ratio", "eval.max_examples", "eval.max_new_tokens", "eval.batch_size", "eval.no_repeat_ngram_size")},
         **{k: v for k, v in found.items() if k not in ("base_loop_share", "tuned_loop_share")},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
