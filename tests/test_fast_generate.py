@@ -56,7 +56,7 @@ def _plain(model, tok, prompts, new, adapter_names=None, scores=False):
     """Plain transformers generate on a left-padded batch (the workbench's own padding helper)."""
     import torch
 
-    from workbench.evaluation.scoring import left_padded
+    from workbench.formatting import left_padded
 
     ids, mask = left_padded(prompts, tok.pad_token_id, "cpu")
     kw = {"adapter_names": adapter_names} if adapter_names else {}
@@ -190,7 +190,7 @@ def test_streaming_stop_and_per_row_prompts_on_the_engine(fp32, monkeypatch):
     assert fg.cached_engine(model) is not None
     assert fast[-1].texts == plain[-1].texts and fast[-1].finished and not fast[-1].stopped
     assert [u.tokens for u in fast[:-1]] == [u.tokens for u in plain[:-1]]  # one update per step, same counts
-    from workbench.evaluation.scoring import stop_token_ids
+    from workbench.formatting import stop_token_ids
 
     stops = stop_token_ids(model, tok)
     alone = _fast(fg.cached_engine(model), prompts[1:], 10)[0]  # row 1's prompt in a batch of its own
@@ -277,7 +277,7 @@ def test_cuda_graph_decode_equals_eager_engine_and_plain_generate(tmp_path):
     eager = _fast(engine, prompts, 40, adapters)
     engine.use_graphs = True
     assert graphed == eager  # replaying the captured graphs runs exactly the eager kernels
-    from workbench.evaluation.scoring import left_padded
+    from workbench.formatting import left_padded
 
     ids, mask = left_padded(prompts, 0, "cuda")
     with torch.inference_mode():

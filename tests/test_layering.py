@@ -70,3 +70,29 @@ def test_capability_packages_never_import_the_ui_or_the_cli():
         for path in sorted((PACKAGE / cap).rglob("*.py")):
             bad = sorted(m for m in imports_of(path) if m.split(".")[1:2] and m.split(".")[1] in {"ui", "commands", "cli"})
             assert not bad, f"{path.relative_to(REPO)} imports upward: {bad}"
+
+
+def test_capability_packages_import_each_other_without_a_circle():
+    """training -> evaluation -> chat, training/evaluation -> data, deploy -> evaluation: a graph with no cycle."""
+    edges = {cap: set() for cap in CAPABILITIES}
+    for cap in CAPABILITIES:
+        for path in (PACKAGE / cap).rglob("*.py"):
+            for m in imports_of(path):
+                parts = m.split(".")
+                if len(parts) > 1 and parts[1] in CAPABILITIES and parts[1] != cap:
+                    edges[cap].add(parts[1])
+    done, stack = set(), []
+
+    def visit(node):
+        if node in stack:
+            raise AssertionError(f"import circle: {' -> '.join(stack[stack.index(node):] + [node])}")
+        if node not in done:
+            stack.append(node)
+            for nxt in sorted(edges[node]):
+                visit(nxt)
+            stack.pop()
+            done.add(node)
+
+    for cap in sorted(CAPABILITIES):
+        visit(cap)
+    assert "chat" not in edges["data"] and not edges["data"]  # data is the bottom capability

@@ -78,3 +78,29 @@ def marked_view(record: dict, tokenizer, max_length: int, template: str = "chat"
     """[(token_text, carries_loss)] for the Data tab's preview of exactly what the model sees."""
     ex = tokenize_example(record, tokenizer, max_length, template, system_prompt)
     return [(tokenizer.decode([tid]), label != IGNORE_INDEX) for tid, label in zip(ex["input_ids"], ex["labels"])]
+
+
+# -- prompts for generation (evaluation and chat build them the same way) ------------------------
+
+def prompt_ids(record: dict, tokenizer, max_length: int, template: str = "chat", system_prompt: str = "") -> list:
+    """The exact prompt tokens training used for this record (same truncation, same BOS handling)."""
+    ex = tokenize_example(record, tokenizer, max_length, template, system_prompt)
+    return ex["input_ids"][:ex["prompt_tokens"]]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """EOS of the tokenizer plus whatever the model's generation config ends a turn with."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def left_padded(prompts: list[list[int]], pad: int, device):
+    """(input_ids, attention_mask) tensors with every prompt LEFT-padded, so all end where generation starts."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask

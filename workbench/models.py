@@ -6,6 +6,7 @@ it is converted once to an ordinary safetensors folder in the model cache; after
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -186,3 +187,37 @@ def free_memory() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# -- sizes and devices (for estimates and the GPU policy) ------------------------------------------
+
+# (parameters in billions, hidden size, layers) of models people pick most; others fall back to a guess.
+KNOWN = {
+    EMBEDDED_MODEL: (0.135, 576, 30),
+    "mistralai/Mistral-7B-Instruct-v0.2": (7.24, 4096, 32),
+    "mistralai/Mistral-7B-v0.1": (7.24, 4096, 32),
+    "meta-llama/Llama-3.1-8B-Instruct": (8.03, 4096, 32),
+}
+
+
+def model_shape(name: str) -> tuple[float, int, int]:
+    if name in KNOWN:
+        return KNOWN[name]
+    lowered = name.lower()
+    for size in ("70b", "13b", "8b", "7b", "3b", "1b", "0.5b", "360m", "135m"):
+        if size in lowered:
+            billions = float(size[:-1]) / (1000 if size.endswith("m") else 1)
+            hidden = 8192 if billions > 30 else 5120 if billions > 10 else 4096 if billions > 5 else 2048
+            return billions, hidden, 80 if billions > 30 else 40 if billions > 10 else 32
+    return 7.0, 4096, 32
+
+
+@functools.lru_cache(maxsize=1)
+def detected_gpu() -> tuple[str | None, float | None]:
+    """(name, GB) of the first GPU, or (None, None); looked up once per process (the form asks on every change)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory / 2**30

@@ -322,6 +322,23 @@ def slot_file() -> Path:
     return paths.runs_dir() / ".active.json"
 
 
+def slot_holder() -> dict | None:
+    """The training slot's record ({run_id, pid, pid_started}) while its process lives, else None. Chat and
+    evaluation read it to keep off a training run's GPU; training.jobs is the one writer."""
+    try:
+        slot = json.loads(slot_file().read_text())
+        run_id, pid, started = slot["run_id"], slot.get("pid"), slot.get("pid_started")
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return slot if run_id and process_alive(pid, started) else None
+
+
+def training_run() -> str | None:
+    """The run id holding the training slot, or None when the slot is free (or its process is gone)."""
+    slot = slot_holder()
+    return slot["run_id"] if slot else None
+
+
 def process_record(pid: int | None = None) -> dict:
     """{pid, pid_started} of a process (default: this one), as stored in status.json and the slot file."""
     import psutil

@@ -38,6 +38,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from workbench import runs
+
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 GROUPS = {"qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "o": ("self_attn", ("o_proj",)),
           "gu": ("mlp", ("gate_proj", "up_proj")), "d": ("mlp", ("down_proj",))}
@@ -60,10 +62,8 @@ def enabled(device: str) -> bool:
 
 def training_elsewhere() -> str | None:
     """A run training in another process (this one's own run, e.g. eval after training, does not count)."""
-    from workbench.training import jobs
-
-    run = jobs.active_run()
-    return run if run and run not in getattr(jobs, "_held", {}) else None
+    slot = runs.slot_holder()
+    return slot["run_id"] if slot and slot.get("pid") != os.getpid() else None
 
 
 def _core(model):

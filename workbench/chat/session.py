@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from workbench import models, runs
-from workbench.training import estimate
-from workbench.training import jobs
 from workbench.chat.streaming import PEFT_BASE, ChatError, ChatSettings, PairUpdate, stream_pair  # noqa: F401
 from workbench.config import ModelConfig
 from workbench.formatting import prompt_text
@@ -196,7 +194,7 @@ def _prompt_text(tokenizer, history, question, system_prompt, template) -> str:
 
 def chat_memory_gb(model_cfg: ModelConfig, settings: ChatSettings, weights_loaded: bool) -> float:
     """Weights (unless already loaded) + KV cache for 2 rows + logits + workspace, an upper bound."""
-    billions, hidden, layers = estimate.model_shape(model_cfg.name_or_path)
+    billions, hidden, layers = models.model_shape(model_cfg.name_or_path)
     weights = 0.0 if weights_loaded else billions * (0.55 if model_cfg.load_in_4bit else 2.0)
     tokens = MAX_PROMPT_TOKENS + settings.max_new_tokens
     kv_cache = 2 * layers * hidden * 2 * tokens * 2 / 1e9  # k and v, bf16, 2 rows (no GQA discount)
@@ -241,7 +239,7 @@ def _drop_fast_engines() -> None:
 
 def check_gpu_policy(model_cfg: ModelConfig, device: str, settings: ChatSettings) -> str:
     """Apply the policy now; returns the note to show, or raises ChatError (and unloads chat) when refused."""
-    training_run = jobs.active_run()
+    training_run = runs.training_run()
     if device == "cuda" and training_run:
         _drop_fast_engines()  # training comes first: the bf16 inference copy goes before memory is measured
     free_gb = _free_gpu_gb() if device == "cuda" and training_run else None
@@ -308,7 +306,7 @@ def settings_dict(settings: ChatSettings) -> dict:
 def policy_status() -> str:
     """The policy's verdict right now, for the Chat tab's status line (never raises)."""
     try:
-        device, training_run = models.pick_device("auto"), jobs.active_run()
+        device, training_run = models.pick_device("auto"), runs.training_run()
         if device != "cuda":
             return gpu_decision(device, training_run, 0.0, None)[1]
         if not training_run:

@@ -87,7 +87,7 @@ def _stop_on_event(event: threading.Event):
 def _generation_config(held, settings: ChatSettings):
     from transformers import GenerationConfig
 
-    from workbench.evaluation.scoring import stop_token_ids
+    from workbench.formatting import stop_token_ids
 
     tok = held.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -106,7 +106,7 @@ def stream_pair(held, adapter_names: list[str], prompts: list[list[int]], settin
     """
     import torch
 
-    from workbench.evaluation.scoring import left_padded
+    from workbench.formatting import left_padded
 
     stop_event = stop_event or threading.Event()
     gen_cfg = _generation_config(held, settings)

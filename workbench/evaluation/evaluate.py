@@ -116,9 +116,7 @@ def refusal(run_id: str) -> str | None:
     while this run is being scored already. The training process scoring its own run at the end is allowed:
     by then its state is 'completed'.
     """
-    from workbench.training import jobs
-
-    busy = jobs.active_run()
+    busy = runs.training_run()
     if busy and runs.read_status(busy).get("state") in runs.ACTIVE_STATES:
         return (f"Run '{busy}' is training now; scoring would compete with it for the "
                 f"{'GPU' if _has_gpu() else 'CPU cores'}. Wait until it finishes (it is scored automatically at the "
@@ -135,7 +133,7 @@ def refusal(run_id: str) -> str | None:
 
 
 def _has_gpu() -> bool:
-    from workbench.training.estimate import detected_gpu
+    from workbench.models import detected_gpu
 
     return detected_gpu()[0] is not None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from workbench.formatting import IGNORE_INDEX, tokenize_example
+from workbench.formatting import IGNORE_INDEX, left_padded, prompt_ids, stop_token_ids, tokenize_example  # noqa: F401
 
 METRICS = ("perplexity", "rouge1", "rouge2", "rougeL", "bleu")
 LABELS = {"perplexity": "Perplexity", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
@@ -85,16 +85,6 @@ def _batches(items: list, size: int):
         yield start, items[start:start + size]
 
 
-def left_padded(prompts: list[list[int]], pad: int, device):
-    """(input_ids, attention_mask) tensors with every prompt LEFT-padded, so all end where generation starts."""
-    import torch
-
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return ids, mask
-
-
 def answer_perplexity(model, tokenizer, records: list[dict], max_length: int, template: str = "chat",
                       system_prompt: str = "", batch_size: int = 8, progress=None) -> dict:
     """Perplexity of the reference answers given the prompt: exp(total answer NLL / answer tokens).
@@ -133,20 +123,6 @@ def answer_perplexity(model, tokenizer, records: list[dict], max_length: int, te
                          "model.max_seq_length; raise max_seq_length or check the eval data.")
     return {"perplexity": math.exp(nll_sum / n_tokens), "nll_sum": nll_sum, "answer_tokens": n_tokens,
             "per_example_nll": per_example}
-
-
-def prompt_ids(record: dict, tokenizer, max_length: int, template: str = "chat", system_prompt: str = "") -> list:
-    """The exact prompt tokens training used for this record (same truncation, same BOS handling)."""
-    ex = tokenize_example(record, tokenizer, max_length, template, system_prompt)
-    return ex["input_ids"][:ex["prompt_tokens"]]
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """EOS of the tokenizer plus whatever the model's generation config ends a turn with."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)
 
 
 def _fast_answers(model, tokenizer, prompts, max_new_tokens, stop_ids, batch_size, progress) -> list[str] | None:

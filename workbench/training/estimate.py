@@ -1,33 +1,12 @@
 """Rough resource estimates shown before a run starts: GPU memory, or time on a CPU."""
 from __future__ import annotations
 
-import functools
 import math
 
-from workbench.config import EMBEDDED_MODEL, RunConfig
+from workbench.config import RunConfig
+from workbench.models import detected_gpu, model_shape  # noqa: F401 (detected_gpu: the Train tab asks here)
 
 VOCAB_GUESS = 32768  # Mistral's 32,000 rounded up; SmolLM2 has 49,152, Llama 3 128,256 (a guess either way)
-# (parameters in billions, hidden size, layers) of models people pick most; others fall back to a guess.
-KNOWN = {
-    EMBEDDED_MODEL: (0.135, 576, 30),
-    "mistralai/Mistral-7B-Instruct-v0.2": (7.24, 4096, 32),
-    "mistralai/Mistral-7B-v0.1": (7.24, 4096, 32),
-    "meta-llama/Llama-3.1-8B-Instruct": (8.03, 4096, 32),
-}
-
-
-def model_shape(name: str) -> tuple[float, int, int]:
-    if name in KNOWN:
-        return KNOWN[name]
-    lowered = name.lower()
-    for size in ("70b", "13b", "8b", "7b", "3b", "1b", "0.5b", "360m", "135m"):
-        if size in lowered:
-            billions = float(size[:-1]) / (1000 if size.endswith("m") else 1)
-            hidden = 8192 if billions > 30 else 5120 if billions > 10 else 4096 if billions > 5 else 2048
-            return billions, hidden, 80 if billions > 30 else 40 if billions > 10 else 32
-    return 7.0, 4096, 32
-
-
 def estimate_vram_gb(cfg: RunConfig) -> float:
     """GPU memory of one training step, in GB: a planning figure, not a promise.
 
@@ -145,14 +124,3 @@ def describe(cfg: RunConfig, gpu_name: str | None, gpu_total_gb: float | None, s
     total = f", so {_minutes(lo * steps)} to {_minutes(hi * steps)} for {steps} steps" if steps else ""
     return (f"No GPU found: training runs on the CPU at roughly {lo:.1f}-{hi:.1f} s per step (slower while other "
             f"programs use the cores){total}.{load} The ETA during the run comes from its measured pace.{warn}")
-
-
-@functools.lru_cache(maxsize=1)
-def detected_gpu() -> tuple[str | None, float | None]:
-    """(name, GB) of the first GPU, or (None, None); looked up once per process (the form asks on every change)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None, None
-    props = torch.cuda.get_device_properties(0)
-    return props.name, props.total_memory / 2**30

@@ -43,12 +43,7 @@ def create_run(cfg: RunConfig) -> str:
 
 def active_run() -> str | None:
     """The run id holding the training slot, or None when the slot is free (or its process is gone)."""
-    try:
-        slot = json.loads(runs.slot_file().read_text())
-        run_id, pid, started = slot["run_id"], slot.get("pid"), slot.get("pid_started")
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
-    return run_id if runs.process_alive(pid, started) else None
+    return runs.training_run()
 
 
 def _claim(run_id: str, pid: int) -> None:
