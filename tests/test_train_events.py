@@ -121,3 +121,19 @@ def test_cli_for_config_round_trips_through_the_cli_parser():
     command = jobs.cli_for_config(cfg)
     args = build_parser().parse_args(shlex.split(command)[3:])
     assert _config_from_args(args) == cfg
+
+
+def test_vocabulary_size_is_read_from_the_model_config_not_hard_coded(tmp_path):
+    import json
+
+    from workbench import models
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"vocab_size": 151936}))
+    assert models.vocab_size(str(folder)) == 151936
+    big = preset("seed-mistral-7b-gpu")
+    small_vocab = estimate.estimate_vram_gb(big)
+    big.model.name_or_path = str(folder)  # same guessed shape (7B fallback), a 4.7x larger vocabulary
+    assert estimate.estimate_vram_gb(big) > small_vocab
+    assert models.vocab_size("mistralai/Mistral-7B-Instruct-v0.2") == 32000  # known, nothing on disk

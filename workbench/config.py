@@ -16,6 +16,7 @@ import yaml
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 MISTRAL_7B = "mistralai/Mistral-7B-Instruct-v0.2"
+BASE_SIDE = "base"  # the side id of the base model (adapter off) in chat and reviews; any other side id is a run id
 
 
 def _f(default, help: str, choices: tuple | None = None, **kw):

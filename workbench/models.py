@@ -200,6 +200,34 @@ KNOWN = {
 }
 
 
+# Vocabulary sizes of those models, for estimates made before any weights are loaded.
+KNOWN_VOCAB = {EMBEDDED_MODEL: 49152, "mistralai/Mistral-7B-Instruct-v0.2": 32000, "mistralai/Mistral-7B-v0.1": 32000,
+               "meta-llama/Llama-3.1-8B-Instruct": 128256}
+
+
+def vocab_size(name: str) -> int:
+    """The model's vocabulary size, read from its config.json where one is on disk (a local folder, the embedded
+    model once converted, or the Hugging Face cache), else from KNOWN_VOCAB, else 32,768 (a planning guess)."""
+    import json
+
+    folder = Path(name).expanduser()
+    if name.startswith("embedded:"):
+        folder = paths.model_cache() / name.split(":", 1)[1]
+    candidates = [folder / "config.json"]
+    if "/" in name and not folder.exists():
+        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+                   / "hub")
+        candidates += sorted((hub / f"models--{name.replace('/', '--')}" / "snapshots").glob("*/config.json"))
+    for path in candidates:
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(vocab, int) and vocab > 0:
+            return vocab
+    return KNOWN_VOCAB.get(name, 32768)
+
+
 def model_shape(name: str) -> tuple[float, int, int]:
     if name in KNOWN:
         return KNOWN[name]

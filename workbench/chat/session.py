@@ -16,10 +16,10 @@ from typing import Any, Iterator
 
 from workbench import models, runs
 from workbench.chat.streaming import PEFT_BASE, ChatError, ChatSettings, PairUpdate, stream_pair  # noqa: F401
-from workbench.config import ModelConfig
+from workbench.config import BASE_SIDE, ModelConfig
 from workbench.formatting import prompt_text
 
-BASE = "base"  # the side id of the base model (adapter off); every other side id is a run id
+BASE = BASE_SIDE
 MAX_QUESTION_CHARS = 8000
 MAX_PROMPT_TOKENS = 2048  # older turns are dropped beyond this, newest kept
 GPU_MARGIN = 0.8  # chat may use at most this share of the GPU memory that is free right now
@@ -198,7 +198,7 @@ def chat_memory_gb(model_cfg: ModelConfig, settings: ChatSettings, weights_loade
     weights = 0.0 if weights_loaded else billions * (0.55 if model_cfg.load_in_4bit else 2.0)
     tokens = MAX_PROMPT_TOKENS + settings.max_new_tokens
     kv_cache = 2 * layers * hidden * 2 * tokens * 2 / 1e9  # k and v, bf16, 2 rows (no GQA discount)
-    logits = 2 * 131072 * 4 / 1e9
+    logits = 2 * models.vocab_size(model_cfg.name_or_path) * 4 / 1e9  # fp32 logits of the last position, 2 rows
     return round(weights + kv_cache + logits + 0.5, 2)
 
 

@@ -16,8 +16,9 @@ from contextlib import closing
 from pathlib import Path
 
 from workbench import paths, runs
+from workbench.config import BASE_SIDE
 
-BASE = "base"  # the side id of the base model; any other side id is a run id
+BASE = BASE_SIDE
 CHOICES = ("left", "right", "tie", "both_bad")
 CHOICE_LABELS = {"left": "Left is better", "right": "Right is better", "tie": "Tie", "both_bad": "Both bad"}
 TIE_RULE = "ties count as half a win; 'both bad' votes are listed but left out of the rate"

@@ -4,9 +4,8 @@ from __future__ import annotations
 import math
 
 from workbench.config import RunConfig
-from workbench.models import detected_gpu, model_shape  # noqa: F401 (detected_gpu: the Train tab asks here)
+from workbench.models import detected_gpu, model_shape, vocab_size  # noqa: F401 (detected_gpu: the Train tab asks here)
 
-VOCAB_GUESS = 32768  # Mistral's 32,000 rounded up; SmolLM2 has 49,152, Llama 3 128,256 (a guess either way)
 def estimate_vram_gb(cfg: RunConfig) -> float:
     """GPU memory of one training step, in GB: a planning figure, not a promise.
 
@@ -25,7 +24,7 @@ def estimate_vram_gb(cfg: RunConfig) -> float:
         activations = layers * tokens * hidden * 2 + full_layer
     else:
         activations = layers * full_layer
-    logits = tokens * VOCAB_GUESS * 10
+    logits = tokens * vocab_size(cfg.model.name_or_path) * 10
     return round(weights + (lora_params * 16 + activations + logits) / 1e9 + 1.0, 1)
 
 
