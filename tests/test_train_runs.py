@@ -151,7 +151,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint():
     status = wait_state(run_id, {"stopped", "failed", "completed"})
     assert status["state"] == "stopped", status
     assert runs.last_checkpoint(run_id) is not None
-    assert jobs.active_run() is None
+    wait_for(lambda: jobs.active_run() is None, timeout=60)  # 'stopped' is written just before the process exits
     with pytest.raises(jobs.JobError, match="not running"):
         jobs.stop_run(run_id)
 
