@@ -5,8 +5,7 @@ cd "$(dirname "$0")/.."
 WITH_DEV=1 bash scripts/setup.sh
 if [ ! -x /usr/bin/chromium ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  # `env VAR=value cmd`, not `$SUDO VAR=value cmd`: with SUDO empty (root) the shell would run the assignment as a
-  # command name ("DEBIAN_FRONTEND=noninteractive: command not found").
+  # The variable goes through `env`, so it reaches apt-get both under sudo and as root (where SUDO is empty).
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi

@@ -70,6 +70,7 @@ class _Bar:
 def run_eval(args) -> int:
     from workbench import runs
     from workbench.evaluation import evaluate
+    from workbench.evaluation.export import export as export_run
 
     if args.run and (args.model or args.data):
         print("error: --model and --data go with --base; a run is scored with its own model and held-out split.",
@@ -80,7 +81,7 @@ def run_eval(args) -> int:
             print("error: --export goes with --run RUN_ID (it exports that run's metrics).", file=sys.stderr)
             return 2
         try:
-            written = evaluate.export(runs.validate_run_id(args.run), args.export)
+            written = export_run(runs.validate_run_id(args.run), args.export)
         except (evaluate.EvalError, runs.RunError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

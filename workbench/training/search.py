@@ -16,7 +16,6 @@ under its last trial's name, so no other run starts in the gap. One search at a 
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -30,76 +29,12 @@ from pathlib import Path
 from workbench import paths, runs
 from workbench.config import RunConfig
 from workbench.training import jobs
+from workbench.training.search_space import (  # noqa: F401 (the search's public names)
+    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, normalize_space, recipe_params,
+    size, target_name, trial_rows)
 
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-ALL_LINEAR = ATTENTION + ["gate_proj", "up_proj", "down_proj"]
-TARGETS = {"attention": ATTENTION, "all-linear": ALL_LINEAR}
-# Choices per setting. The starting recipe's own value is always added; epochs are dropped when max_steps is set.
-DEFAULT_SPACE = {"lora.target_modules": ["attention", "all-linear"], "lora.r": [16, 64, 256],
-                 "training.learning_rate": [1e-4, 2e-4, 4e-4, 8e-4], "training.epochs": [1.0, 2.0, 3.0]}
-KINDS = {"lora.target_modules": str, "lora.r": int, "training.learning_rate": float, "training.epochs": float}
 ACTIVE = ("queued", "running", "stopping")
 FINISHED_TRIALS = ("completed", "pruned", "failed", "stopped")
-
-
-class SearchError(RuntimeError):
-    """A search cannot be started or used as asked; the message says what to do."""
-
-
-# -- the space ------------------------------------------------------------------------------------
-
-def target_name(modules: list) -> str:
-    """'attention', 'all-linear', or the comma-joined list for any other choice of layers."""
-    return next((k for k, v in TARGETS.items() if list(modules) == v), ",".join(modules))
-
-
-def recipe_params(cfg: RunConfig, space: dict) -> dict:
-    """The values a config has for the searched settings (the starting trial)."""
-    own = {"lora.target_modules": target_name(cfg.lora.target_modules), "lora.r": cfg.lora.r,
-           "training.learning_rate": float(cfg.training.learning_rate), "training.epochs": float(cfg.training.epochs)}
-    return {k: own[k] for k in space}
-
-
-def normalize_space(base: RunConfig, space: dict | None = None) -> dict:
-    """Choices per searched setting: the given (or default) ones plus the base recipe's own value, sorted, typed."""
-    given = dict(DEFAULT_SPACE if space is None else space)
-    unknown = [k for k in given if k not in KINDS]
-    if unknown:
-        raise SearchError(f"Cannot search {', '.join(unknown)}; searchable settings are {', '.join(KINDS)}.")
-    if base.training.max_steps > 0:  # a fixed number of steps: epochs change nothing
-        given.pop("training.epochs", None)
-    own = recipe_params(base, given)
-    out = {}
-    for name, choices in given.items():
-        kind = KINDS[name]
-        try:
-            values = {kind(v) for v in (choices if isinstance(choices, (list, tuple)) else [choices])}
-        except (TypeError, ValueError):
-            raise SearchError(f"{name}: {choices!r} are not all {kind.__name__} values; write e.g. "
-                              f"{name}={','.join(map(str, DEFAULT_SPACE[name]))}.") from None
-        if kind is not str and any(v <= 0 or not math.isfinite(v) for v in values):
-            raise SearchError(f"{name}: every choice must be a positive number (got {sorted(values)}).")
-        out[name] = sorted(values | {own[name]}, key=lambda v: (str(v) if kind is str else v))
-    return out
-
-
-def size(space: dict) -> int:
-    return math.prod(len(v) for v in space.values())
-
-
-def apply(base: RunConfig, params: dict) -> RunConfig:
-    """The base config with a trial's settings: layers by name, rank with alpha = 2 x rank, learning rate, epochs."""
-    cfg = copy.deepcopy(base)
-    if "lora.target_modules" in params:
-        name = params["lora.target_modules"]
-        cfg.lora.target_modules = list(TARGETS.get(name) or [m for m in name.split(",") if m])
-    if "lora.r" in params:
-        cfg.lora.r, cfg.lora.alpha = int(params["lora.r"]), 2 * int(params["lora.r"])
-    if "training.learning_rate" in params:
-        cfg.training.learning_rate = float(params["training.learning_rate"])
-    if "training.epochs" in params:
-        cfg.training.epochs = float(params["training.epochs"])
-    return cfg
 
 
 # -- where searches live ---------------------------------------------------------------------------
@@ -463,23 +398,3 @@ def run_search(path: Path, poll_s: float = 1.0) -> str:
         lock.close()
     print(f"search {data['id']}: {data['state']}" + (f" ({data['reason']})" if data["reason"] else ""))
     return data["state"]
-
-
-# -- the table --------------------------------------------------------------------------------------
-
-COLUMNS = ["trial", "state", "layers", "r / alpha", "learning rate", "epochs", "eval loss", "steps", "run", "note"]
-
-
-def trial_rows(data: dict) -> list[list]:
-    """The trials as table rows (best first among completed, then the rest in order), for the UI and the CLI."""
-    best = (data.get("best") or {}).get("number")
-    rows = []
-    for t in data.get("trials", []):
-        p = t.get("params", {})
-        r = p.get("lora.r")
-        rows.append([f"{t['number']}{' ★' if t['number'] == best else ''}", t.get("state", ""),
-                     p.get("lora.target_modules", "(as set)"), f"{r} / {2 * r}" if r else "(as set)",
-                     p.get("training.learning_rate", "(as set)"), p.get("training.epochs", "(as set)"),
-                     t.get("eval_loss"), f"{t.get('step', 0)}/{t.get('total_steps') or '…'}", t.get("run_id", ""),
-                     t.get("reason", "")])
-    return rows

@@ -18,6 +18,8 @@ from workbench.data import dbdemos
 from workbench.data import workspace
 from workbench.config import EMBEDDED_MODEL, DataConfig
 from workbench.ui import guard
+from workbench.ui.data_saved import _autosave, _saved_text, _train_on_this  # noqa: F401 (tests call them here)
+from workbench.ui.data_download import _fetch, _show_licence  # noqa: F401
 
 SOURCES = ["sample (shipped)", "dbdemos folder", "file path", "upload"]
 PAGE_ROWS = 25  # rows per page of the browse table; a pager walks all matches
@@ -272,46 +274,6 @@ def _select_row(state, evt: gr.SelectData):
     return row_detail(state, row_id), gr.update(value=row_id) if row_id else gr.skip()
 
 
-def _may(request, action: str) -> bool:
-    from workbench.deploy import access
-
-    try:
-        access.require(action, guard.username(request))
-    except access.AccessDenied:
-        return False
-    return True
-
-
-def save_current(state) -> dict:
-    """The session's table becomes the saved training dataset (workspace: a server-chosen file)."""
-    steps = [s for group in state.get("steps") or [] for s in group]
-    return workspace.save(state["table"], state.get("source", ""), state.get("mapping"), steps)
-
-
-def _saved_text(meta) -> str:
-    return (f"✅ **This is the training dataset**: {workspace.describe(meta)}. The Train tab's Start trains on it "
-            f"(see “Training data” there).")
-
-
-def _autosave(state, request: gr.Request = None):
-    """After a Load, mapping, cleaning or undo by someone who may train: save the table as the training dataset.
-    A read-only visitor's table stays in their browser session only."""
-    if state.get("table") is None or state.get("pending"):
-        return gr.skip()
-    if not _may(request, "train"):
-        return "*Read-only view: this table is not saved as the training dataset (admins only).*"
-    return _saved_text(save_current(state))
-
-
-def _train_on_this(state, request: gr.Request):
-    guard.require(request, "train")
-    if state.get("table") is None:
-        raise gr.Error("Load data first (choose a source above and press Load).")
-    meta = save_current(state)
-    gr.Info(f"Saved {meta['rows']:,} records: open the Train tab and press Start.")
-    return _saved_text(meta)
-
-
 def _open_saved(state):
     """On page load: the saved training dataset, when there is one."""
     loaded = workspace.load()
@@ -330,27 +292,6 @@ def _load_unless_open(kind, path, upload, state, request: gr.Request = None):
     if state.get("table") is not None:
         return (state, gr.skip(), *[gr.skip()] * len(FIELDS))
     return _load(kind, path, upload, state, request)
-
-
-def _show_licence():
-    try:
-        return "```text\n" + dbdemos.licence_text(timeout=10) + "\n```"
-    except data.DataError as e:
-        return f"<div class='wb-error'>⚠️ {e}</div>"
-
-
-def _fetch(dest, accepted, request: gr.Request, progress=gr.Progress()):
-    guard.require(request, "clean_data")  # writes files on the server
-    if not accepted:
-        return ("<div class='wb-warn'>Tick “I have read the Databricks License and accept it” first; the files are "
-                "not open source.</div>", gr.update(), gr.update())
-    try:
-        files = dbdemos.fetch(dest, accept_licence=True, timeout=30, progress=lambda f, m: progress(f, desc=m))
-    except data.DataError as e:
-        return f"<div class='wb-error'>⚠️ {e}</div>", gr.update(), gr.update()
-    folder = str(files[0].parent)
-    return (f"Downloaded {len(files)} files into `{folder}`. The source is set to that folder: press Load.",
-            gr.update(value="dbdemos folder"), gr.update(value=folder))
 
 
 def build(demo: gr.Blocks) -> None:

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from workbench import runs
 from workbench.evaluation import evaluate
+from workbench.evaluation.export import export as export_run
 from workbench.evaluation import reviews
 from workbench.evaluation import scoring
 from workbench.ui import guard
@@ -255,10 +256,10 @@ def paths_metrics(run_id: str) -> Path:
 
 
 def export_files(run_id: str, fmt: str) -> list[str]:
-    """metrics and predictions of a run as CSV or JSON files in a fresh temporary folder (core: evaluate.export)."""
+    """metrics and predictions of a run as CSV or JSON files in a fresh temporary folder (core: evaluation.export)."""
     out = Path(tempfile.mkdtemp(prefix="wb-metrics-")) / f"{runs.validate_run_id(run_id)}.{fmt.lower()}"
     try:
-        return [str(p) for p in evaluate.export(run_id, out)]
+        return [str(p) for p in export_run(run_id, out)]
     except evaluate.EvalError as e:
         raise ValueError(str(e)) from None
 

@@ -3,24 +3,21 @@ live progress and curves read from the run folder, log tail, CLI equivalent, his
 from __future__ import annotations
 
 import html
-import re
 
 import gradio as gr
 import yaml
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from workbench import runs
 from workbench.training import estimate
 from workbench.training import jobs
 from workbench.deploy import space
-from workbench.training import events as events_mod
 from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, coerce, iter_fields, preset
 from workbench.data import workspace
 from workbench.data.dataset import DataError
 from workbench.evaluation import evaluate
 from workbench.ui import guard
 from workbench.ui import search_panel
+from workbench.ui.run_view import LOG_LINES, clean_log, curves, progress_html  # noqa: F401 (tests read them here)
 
 MODEL_CHOICES = [EMBEDDED_MODEL, MISTRAL_7B]
 
@@ -224,111 +221,6 @@ def _history(selected=None):
     ids = [r["id"] for r in rows]
     value = selected if selected in ids else (ids[0] if ids else None)
     return gr.update(choices=ids, value=value), table, gr.update(choices=[i for i in ids if i != value])
-
-
-def progress_html(status: dict, events: list[dict], scoring: dict | None = None) -> str:
-    p = events_mod.fold(events, status)  # the pure fold of the run's events (tested without a UI)
-    state = p.get("state", "no run")
-    step, total = int(p.get("step", 0) or 0), int(p.get("total_steps", 0) or 0)
-    frac = min(step / total, 1.0) if total else 0.0
-    eta = estimate.eta_seconds(events, step, total) if state == "running" else None  # from the measured pace
-    per_step = estimate.measured_seconds_per_step(events)
-    pace = f" · {per_step:.1f} s/step" if per_step else ""
-    mem = f"GPU {p['gpu_mem_gb']:.1f} GB" if "gpu_mem_gb" in p else (
-        f"RAM {p['cpu_mem_gb']:.1f} GB" if "cpu_mem_gb" in p else "")
-    color = {"failed": "#dc2626", "completed": "#16a34a", "interrupted": "#d97706"}.get(state, "#2563eb")
-    notes = [n for n in (p.get("reason"), p.get("nonfinite") and f"Warning: {p['nonfinite']}") if n]
-    if state in ("queued", "running") and not step and not events:
-        notes.insert(0, "Loading the model and preparing the data… (about half a minute on a CPU; the first "
-                        "use of the embedded model also converts it once, ≈20 s)")
-    reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes)
-    steps_text = f"{step}/{total}" if total else f"{step}/…"
-    eta_text = _fmt(eta) if eta is not None else ("measuring…" if state == "running" else "—")
-    scoring_line = ""
-    if scoring:
-        sfrac = min(max(float(scoring.get("fraction") or 0), 0.0), 1.0)
-        scoring_line = (f"<div class='wb-warn' id='train-scoring'><b>{html.escape(evaluate.progress_text(scoring))}"
-                        f"</b> — the Metrics tab shows the results when it finishes."
-                        f"<div style='background:#e5e7eb;border-radius:4px;height:8px;margin-top:4px'><div style="
-                        f"'background:#2563eb;width:{sfrac * 100:.1f}%;height:8px;border-radius:4px'></div></div></div>")
-    return (f"<div id='train-progress'><b>State: <span id='train-state'>{state}</span></b> · step "
-            f"<span id='train-step'>{step}</span><span id='train-total'>{steps_text[len(str(step)):]}</span> · "
-            f"elapsed {_fmt(p.get('elapsed'))} · ETA <span id='train-eta'>{eta_text}</span>{pace} · "
-            f"{p.get('tokens_per_s', '—')} tokens/s · {mem}"
-            f"<div style='background:#e5e7eb;border-radius:4px;height:14px;margin-top:6px'>"
-            f"<div style='background:{color};width:{frac * 100:.1f}%;height:14px;border-radius:4px'></div></div>"
-            f"{reason}{scoring_line}</div>")
-
-
-# Lines of train.log that are known to be harmless on this setup; the tab hides them (train.log keeps them).
-HARMLESS = [re.compile(p) for p in (
-    r"gemm_4bit_forward", r"No module named 'kernels'", r"pip install kernels", r"^\s*warnings\.warn\(",
-    r"FutureWarning", r"UserWarning: .*(deprecated|will be removed)", r"^\s*$")]
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-LOG_LINES = 14
-
-
-def clean_log(text: str, lines: int = LOG_LINES) -> str:
-    """What the tab shows of train.log: escape codes removed, a progress bar redrawn with carriage returns kept
-    only in its last state, known-harmless warnings dropped, and the newest `lines` lines."""
-    out = []
-    for raw in _ANSI.sub("", text).replace("\r\n", "\n").split("\n"):
-        line = raw.split("\r")[-1] if "\r" in raw.rstrip("\r") else raw.rstrip("\r")
-        line = line.rstrip()
-        if any(p.search(line) for p in HARMLESS):
-            continue
-        if out and _same_bar(out[-1], line):
-            out[-1] = line  # consecutive states of one progress bar: keep the latest
-            continue
-        out.append(line)
-    return "\n".join(out[-lines:])
-
-
-_BAR = re.compile(r"^(.*?)\s*\d+%\|")
-
-
-def _same_bar(previous: str, line: str) -> bool:
-    a, b = _BAR.match(previous), _BAR.match(line)
-    return bool(a and b and a.group(1) == b.group(1))
-
-
-def _fmt(seconds) -> str:
-    seconds = int(seconds or 0)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _short(run_id: str) -> str:
-    parts = run_id.split("-", 2)
-    return f"{parts[2]} ({parts[1][:4]})" if len(parts) == 3 and parts[0].isdigit() else run_id[-24:]
-
-
-def curves(events_by_run: dict[str, list[dict]]) -> go.Figure:
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("Loss (solid) · eval loss (dashed)", "Learning rate",
-                                                        "Gradient norm"))
-    rates = []
-    for run_id, events in events_by_run.items():
-        label = _short(run_id)
-        rates += [e["learning_rate"] for e in events if isinstance(e.get("learning_rate"), (int, float))]
-        train = [e for e in events if "loss" in e]
-        evals = [e for e in events if "eval_loss" in e]
-        fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name=f"{label} loss",
-                                 mode="lines+markers"), 1, 1)
-        if evals:
-            fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals],
-                                     name=f"{label} eval", mode="lines+markers", line={"dash": "dash"}), 1, 1)
-        fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e.get("learning_rate") for e in train],
-                                 name=f"{label} lr", showlegend=False), 1, 2)
-        fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e.get("grad_norm") for e in train],
-                                 name=f"{label} grad", showlegend=False), 1, 3)
-    # Learning rates are small numbers (2e-4): scientific ticks, and an axis from 0 that a constant rate cannot
-    # collapse to an empty -1…1 range.
-    top = max(rates, default=0.0)
-    fig.update_yaxes(tickformat=".1e", rangemode="tozero", row=1, col=2,
-                     **({"range": [0, top * 1.15]} if top > 0 else {}))
-    fig.update_annotations(font_size=13)
-    fig.update_layout(height=360, margin={"t": 50, "b": 40, "l": 60, "r": 10},
-                      legend={"orientation": "h", "y": -0.18})
-    return fig
 
 
 def buttons_for(state: str | None) -> tuple:
