@@ -112,11 +112,16 @@ def test_fetch_offline_says_what_to_do(tmp_path, url):
 def test_data_tab_download_needs_the_tickbox_then_points_the_source_at_the_files(tmp_path, mirror, monkeypatch):
     from workbench.ui import data_tab
 
+    from workbench import paths
+
     monkeypatch.setenv("WORKBENCH_DBDEMOS_URL", mirror)
-    msg, _, _ = data_tab._fetch(str(tmp_path / "dl"), False, None)
-    assert "accept it” first" in msg and not (tmp_path / "dl").exists()
-    msg, kind, path = data_tab._fetch(str(tmp_path / "dl"), True, None)
-    assert "Downloaded 5 files" in msg and kind["value"] == "dbdemos folder" and path["value"] == str(tmp_path / "dl")
+    dest = paths.data_dir() / "dl"
+    msg, _, _ = data_tab._fetch(str(dest), False, None)
+    assert "accept it” first" in msg and not dest.exists()
+    msg, _, _ = data_tab._fetch(str(tmp_path / "elsewhere"), True, None)  # a folder outside the data folder
+    assert "Only files inside" in msg and not (tmp_path / "elsewhere").exists()
+    msg, kind, path = data_tab._fetch(str(dest), True, None)
+    assert "Downloaded 5 files" in msg and kind["value"] == "dbdemos folder" and path["value"] == str(dest.resolve())
     assert "Databricks" in data_tab._show_licence()
     monkeypatch.setenv("WORKBENCH_DBDEMOS_URL", f"http://127.0.0.1:{free_port()}")
     assert "seems to be offline" in data_tab._show_licence()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from workbench import paths, safety
 from workbench.data import dataset as data
 from workbench.data import dbdemos
 from workbench.ui import guard
@@ -20,6 +21,11 @@ def _fetch(dest, accepted, request: gr.Request, progress=gr.Progress()):
     if not accepted:
         return ("<div class='wb-warn'>Tick “I have read the Databricks License and accept it” first; the files are "
                 "not open source.</div>", gr.update(), gr.update())
+    try:  # the app writes only inside its data folder; the CLI may download anywhere its user can write
+        dest = safety.server_path(dest, [paths.data_dir()], "folder")
+    except safety.UnsafeInput:
+        return (f"<div class='wb-error'>⚠️ Only files inside {paths.data_dir()} can be written from the app; download "
+                f"into a folder there (e.g. {paths.data_dir() / 'dbdemos'}).</div>", gr.update(), gr.update())
     try:
         files = dbdemos.fetch(dest, accept_licence=True, timeout=30, progress=lambda f, m: progress(f, desc=m))
     except data.DataError as e:
