@@ -239,11 +239,15 @@ def last_checkpoint(run_id: str) -> Path | None:
     return next(iter(folder(run_id).checkpoint_dirs()), None)
 
 
+def events_with_note(run_id: str) -> tuple[list[dict], str]:
+    """The events and '' or a sentence for the views when events.jsonl had lines that were skipped (one read)."""
+    events, bad = folder(run_id).read_event_log()
+    return events, (f"{bad} bad line{'s' * (bad != 1)} in events.jsonl skipped (not a JSON object with a whole-number "
+                    f"step)." if bad else "")
+
+
 def events_note(run_id: str) -> str:
-    """'' or a sentence for the views when events.jsonl had lines that were skipped."""
-    bad = folder(run_id).read_event_log()[1]
-    return (f"{bad} bad line{'s' * (bad != 1)} in events.jsonl skipped (not a JSON object with a whole-number step)."
-            if bad else "")
+    return events_with_note(run_id)[1]
 
 
 def change_marker(run_id: str) -> str:

@@ -74,11 +74,7 @@ def load() -> tuple[pd.DataFrame, dict] | None:
 
 def change_key() -> str:
     """Cheap 'did the saved dataset change?' key (a stat, no read)."""
-    try:
-        st = manifest_path().stat()
-    except FileNotFoundError:
-        return "-"
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return paths.change_marker("", [manifest_path()])
 
 
 def data_config(base: DataConfig) -> DataConfig:

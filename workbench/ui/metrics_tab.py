@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench import runs
+from workbench import paths, runs
 from workbench.evaluation import evaluate
 from workbench.evaluation.export import export as export_run
 from workbench.evaluation import reviews
@@ -269,8 +269,7 @@ def export_files(run_id: str, fmt: str) -> list[str]:
 def _render(run_id, query, order):
     metrics = evaluate.read_metrics(run_id) if run_id else None
     predictions = evaluate.read_predictions(run_id) if metrics else []
-    events = runs.read_events(run_id) if run_id else []
-    note = runs.events_note(run_id) if run_id else ""  # bad lines in events.jsonl were skipped: say so
+    events, note = runs.events_with_note(run_id) if run_id else ([], "")  # note: bad lines were skipped
     note = f"<div class='wb-warn' id='metrics-events-note'>{note}</div>" if note else ""
     return (notice_html(run_id, metrics) + note, summary_table(metrics, run_id or ""), metrics_chart(metrics),
             loss_chart(events), examples_table(predictions, query, order))
@@ -309,11 +308,7 @@ def _signature(run_id, listing) -> str:
 
 
 def _mtime(path: Path) -> str:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return "-"
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return paths.change_marker("", [path])
 
 
 def _poll(run_id, query, order, seen):

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 import yaml
 
-from workbench import runs
+from workbench import paths, runs
 from workbench.training import estimate
 from workbench.training import jobs
 from workbench.deploy import space
@@ -238,7 +238,7 @@ def _view(run_id, compare, last_seen):
     try:
         folder = runs.folder(run_id)
         data_key = "|".join(runs.change_marker(r) for r in [run_id, *(compare or [])])  # stat() calls only
-        data_key += "|" + _stat(folder.eval_progress)
+        data_key += "|" + paths.change_marker("", [folder.eval_progress])
         log_path = folder.log
     except runs.RunError:
         return (gr.skip(), "Run not found.", *[gr.skip()] * (n - 2))
@@ -249,7 +249,7 @@ def _view(run_id, compare, last_seen):
     if data_key == (last_seen or "").split("#")[0]:  # only the log grew (e.g. the model is loading)
         return (key, gr.skip(), gr.skip(), log, *[gr.skip()] * (n - 4))
     status = runs.read_status(run_id)
-    events = runs.read_events(run_id)
+    events, note = runs.events_with_note(run_id)  # one read; the note says when bad lines were skipped
     series = {run_id: events}
     for other in compare or []:
         if other != run_id:
@@ -257,7 +257,6 @@ def _view(run_id, compare, last_seen):
     state = status.get("state")
     cmd = jobs.cli_equivalent(run_id, resume=state in ("stopped", "interrupted"))
     scoring = evaluate.read_progress(run_id)
-    note = runs.events_note(run_id)  # bad lines in events.jsonl were skipped: say so
     note = f"<div class='wb-warn' id='train-events-note'>{note}</div>" if note else ""
     return (key, progress_html(status, events, scoring) + note, curves(series), log, f"```\n{cmd}\n```",
             _history(run_id)[1], *buttons_for(state))
@@ -267,14 +266,6 @@ def _compare_choices(run_id, chosen):
     """The overlay list offers every run but the one shown."""
     ids = [r["id"] for r in runs.list_runs()]
     return gr.update(choices=[i for i in ids if i != run_id], value=[i for i in chosen or [] if i != run_id])
-
-
-def _stat(path) -> str:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return "-"
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def build(demo: gr.Blocks) -> None:
