@@ -57,7 +57,7 @@ def test_contradictory_votes_are_left_out_and_listed_identical_agreeing_votes_co
     assert sorted(v["chosen_side"] for v in group["votes"]) == sorted([reviews.BASE, RUN, RUN])
     assert report["identical"] == 1
     text = preferences.describe(report)
-    assert "Contradiction, left out of training: 'Q2'" in text and "Duplicate: 2 votes agree" in text
+    assert "Contradiction, left out of training: 'Q2'" in text and "Duplicate: 2 preferring votes agree" in text
     assert "needs at least 8" in text
 
 
@@ -97,3 +97,64 @@ def test_win_rate_of_a_run_against_another_run_uses_blind_sides():
     assert (result["wins"], result["losses"], result["win_rate"]) == (4, 0, 1.0)
     assert reviews.win_rate(OTHER, against=RUN)["win_rate"] == 0.0
     assert reviews.win_rate(RUN)["n"] == 0  # the votes against the other run are not votes against the base
+
+
+# -- preference files -----------------------------------------------------------------------------
+
+from workbench.data import preferences as prefdata  # noqa: E402
+from workbench.data.loading import DataError  # noqa: E402
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_preference_file_loads_with_common_column_names_guessed(tmp_path):
+    import pandas as pd
+
+    rows = [{"question": f"Q{i}?", "preferred": f"good {i}", "loser": f"bad {i}"} for i in range(9)]
+    rows.append({"question": "Q0?", "preferred": "bad 0", "loser": "good 0"})  # contradicts row 0
+    rows.append({"question": "Q1?", "preferred": "good 1", "loser": "bad 1"})  # duplicate of row 1
+    rows.append({"question": "Q9?", "preferred": None, "loser": "x"})  # empty chosen: skipped
+    report = prefdata.load_preference_file(write_rows(tmp_path / "prefs.jsonl", rows))
+    assert report["columns"] == {"prompt": "question", "chosen": "preferred", "rejected": "loser"}
+    assert [p["prompt"] for p in report["pairs"]] == [f"Q{i}?" for i in range(1, 9)]
+    assert report["pairs"][0]["votes"] == 2 and report["pairs"][0]["source"] == "file"
+    assert len(report["contradictions"]) == 1 and report["skipped"] == {"empty": 1}
+    assert "1 row with an empty prompt" in prefdata.describe(report)
+    # the same rows as CSV and Parquet, and chat-style cells (lists of messages) as in Anthropic HH
+    pd.DataFrame(rows[:9]).to_csv(tmp_path / "p.csv", index=False)
+    assert len(prefdata.load_preference_file(tmp_path / "p.csv")["pairs"]) == 9
+    chat = [{"prompt": "Q?", "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "no"}]}]
+    pd.DataFrame(chat).to_parquet(tmp_path / "p.parquet")
+    pair = prefdata.load_preference_file(tmp_path / "p.parquet")["pairs"][0]
+    assert (pair["chosen"], pair["rejected"]) == ("yes", "no")
+    mapped = write_rows(tmp_path / "m.jsonl", [{"q": "Q?", "a": "yes", "b": "no"}])
+    assert prefdata.load_preference_file(mapped, {"prompt": "q", "chosen": "a", "rejected": "b"})["pairs"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "q", "answer": "a"}\n', "no column for the chosen"),
+    ("", r"empty \(0 bytes\)"),
+    ('{"prompt": null, "chosen": NaN, "rejected": "r"}\n', "every row has an empty prompt"),
+    (b"prompt,chosen,rejected\n\xff\xfe\x00bad\n", "binary"),
+    ('{"prompt": "q", "chosen": {"a": 1}, "rejected": {"b": 2}}\n', "nested JSON"),
+])
+def test_bad_preference_files_say_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / ("bad.csv" if isinstance(content, bytes) else "bad.jsonl")
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        prefdata.load_preference_file(path)
+
+
+def test_a_huge_preference_file_is_refused_and_the_app_reads_only_data_folders(tmp_path, monkeypatch):
+    path = write_rows(tmp_path / "big.jsonl", [{"prompt": "q" * 400, "chosen": "c", "rejected": "r"}] * 3000)
+    monkeypatch.setenv("WORKBENCH_MAX_UPLOAD_MB", "1")
+    with pytest.raises(DataError, match="over the 1 MB limit"):
+        prefdata.load_preference_file(path)
+    with pytest.raises(DataError, match="Only files inside"):
+        prefdata.load_preference_file(path, server=True)  # outside the data folders: refused for the app
+    with pytest.raises(DataError, match="Only files inside"):
+        prefdata.load_preference_file("/etc/passwd", server=True)
