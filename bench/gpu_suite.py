@@ -167,8 +167,50 @@ class GpuMemoryWatch:
         self.peak_gb = [peaks[i] for i in sorted(peaks)]
 
 
+def train_fresh_process(steps: int, processes: int, packing: str) -> dict:
+    """One run through the app's own command (`jobs.train_command`: `python -m workbench train --run ID`) in a
+    fresh process, so nothing one variant patches (liger's module-level kernels, compiled layers) leaks into the
+    next; with processes > 1 that command supervises `accelerate launch`, one rank per GPU."""
+    import subprocess
+
+    from workbench import runs
+    from workbench.config import preset
+    from workbench.training import jobs
+
+    cfg = preset("seed-mistral-7b-gpu")
+    cfg.name = f"scale-{packing}-{processes}p"
+    cfg.model.name_or_path = str(MODEL_DIR)
+    cfg.model.max_seq_length = 512
+    cfg.data.source = "dbdemos"
+    cfg.data.dbdemos_dir = os.environ.get("WORKBENCH_DBDEMOS_DIR", "")
+    cfg.training.max_steps = steps
+    cfg.training.logging_steps = 4
+    cfg.training.optimizer = "adamw_torch"
+    cfg.training.num_processes = processes
+    cfg.training.packing = packing
+    cfg.training.eval_steps = 10_000
+    cfg.training.save_strategy, cfg.training.save_steps, cfg.training.save_every_minutes = "steps", 10_000, 0
+    cfg.eval.run_after_training = False
+    run_id = jobs.create_run(cfg)
+    t0 = time.time()
+    done = subprocess.run(jobs.train_command(run_id), capture_output=True, text=True)
+    status = runs.read_status(run_id)
+    events = [e for e in runs.read_events(run_id) if "loss" in e]
+    rates = [e["tokens_per_s"] for e in events if e["step"] > 4 and e.get("tokens_per_s")]  # after warm-up/compile
+    result = {"processes": processes, "packing": packing, "compile": cfg.training.compile, "state": status.get("state"),
+              "exit_code": done.returncode, "steps": events[-1]["step"] if events else 0,
+              "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
+              "tokens_per_s_all": [e.get("tokens_per_s") for e in events], "wall_s": round(time.time() - t0, 1),
+              "replicas_agree": status.get("replicas_agree"), "reason": status.get("reason", ""),
+              "losses": [round(e["loss"], 4) for e in events]}
+    if status.get("state") != "completed":
+        result["log_tail"] = runs.log_tail(run_id, 3000)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("log_tail",)}), flush=True)
+    return result
+
+
 def scale_bench(steps: int) -> None:
-    """1 process vs one per GPU, through `python -m workbench train`'s own path (the supervisor starts
+    """1 process vs one per GPU, each a fresh `python -m workbench train` process (the supervisor starts
     `accelerate launch` when training.num_processes > 1), on the default packed path and on the plain padded one.
     Batch size is per process, so N processes train N times the examples per optimizer step; tokens/s counts the
     real tokens of all ranks (the Trainer gathers them). Writes bench/results/scale_2gpu.json."""
@@ -183,7 +225,7 @@ def scale_bench(steps: int) -> None:
         one, many = None, None
         for processes in (1, gpus):
             with GpuMemoryWatch() as watch:
-                r = train_once(upcast=False, steps=n_steps, processes=processes, packing=packing)
+                r = train_fresh_process(n_steps, processes, packing)
             r["gpu_peak_used_gb"] = watch.peak_gb  # nvidia-smi's memory.used per GPU (allocator cache included)
             if processes == 1:
                 one = r

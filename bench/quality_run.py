@@ -27,15 +27,25 @@ SEED = {"perplexity": (27.18, 11.12), "rouge1": (0.340, 0.388), "rouge2": (0.111
 def recipe(args):
     from workbench.config import EMBEDDED_MODEL, RunConfig
 
-    cfg = RunConfig(name="quality-run", preset="default-recipe")
-    cfg.model.name_or_path = args.model or EMBEDDED_MODEL
-    cfg.data.source = "dbdemos"
-    cfg.data.dbdemos_dir = args.dbdemos_dir
-    cfg.training.device = args.device
-    cfg.training.max_steps = args.max_steps
-    cfg.training.optimizer = "paged_adamw_8bit" if args.device == "cuda" else "adamw_torch"
-    cfg.training.gradient_checkpointing = args.gradient_checkpointing == "on"
-    cfg.training.batch_size, cfg.training.grad_accum = args.batch_size, args.grad_accum
+    if args.preset:  # a shipped preset as it is (the embedded-gpu quality run); only data, device and scoring set
+        from workbench.config import preset
+
+        cfg = preset(args.preset)
+        cfg.name = f"quality-{args.preset}"
+        cfg.data.source = "dbdemos"
+        cfg.data.dbdemos_dir = args.dbdemos_dir
+        cfg.training.device = args.device
+        cfg.training.max_steps = args.max_steps
+    else:
+        cfg = RunConfig(name="quality-run", preset="default-recipe")
+        cfg.model.name_or_path = args.model or EMBEDDED_MODEL
+        cfg.data.source = "dbdemos"
+        cfg.data.dbdemos_dir = args.dbdemos_dir
+        cfg.training.device = args.device
+        cfg.training.max_steps = args.max_steps
+        cfg.training.optimizer = "paged_adamw_8bit" if args.device == "cuda" else "adamw_torch"
+        cfg.training.gradient_checkpointing = args.gradient_checkpointing == "on"
+        cfg.training.batch_size, cfg.training.grad_accum = args.batch_size, args.grad_accum
     cfg.eval.run_after_training = False  # scored below, with progress printed
     cfg.data.max_eval_examples = args.eval_examples  # the held-out rows kept (and eval-loss'd) = the rows scored
     cfg.eval.max_examples = args.eval_examples
@@ -63,6 +73,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=0,
                         help="Stop after this many steps (0 = the recipe's 3 epochs).")
     parser.add_argument("--model", help="Base model (default: the embedded SmolLM2-135M-Instruct).")
+    parser.add_argument("--preset", help="Train this shipped preset as it is (e.g. embedded-gpu) instead of the seed "
+                                         "recipe; --batch-size/--grad-accum/--gradient-checkpointing then do not apply.")
     parser.add_argument("--dbdemos-dir", default="", help="Folder of the dbdemos parquet files.")
     parser.add_argument("--eval-examples", type=int, default=200, help="Held-out questions scored (0 = all).")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -103,7 +115,8 @@ def main() -> int:
     print()
     print(markdown(metrics))
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
-    print(json.dumps({"run": run_id, "base": metrics["base"], "tuned": metrics["tuned"]}))
+    print(json.dumps({"run": run_id, "base": metrics["base"], "tuned": metrics["tuned"],
+                      "change_pct": metrics["change_pct"], "train_elapsed_s": (runs.read_events(run_id) or [{}])[-1].get("elapsed")}))
     return 0
 
 

@@ -114,7 +114,9 @@ def main() -> int:
               file=sys.stderr)
         return 1
     seed, found = recipe_result(seed_trial), recipe_result(found_trial)
+    # A change is None where the base scored 0 (no % change exists): such a metric cannot count as beaten.
     gains = {k: (-1 if k == "perplexity" else 1) * (found["change_pct"][k] - seed["change_pct"][k])
+             if found["change_pct"][k] is not None and seed["change_pct"][k] is not None else None
              for k in seed["change_pct"]}
     result = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(), "device": args.device,
@@ -124,15 +126,15 @@ def main() -> int:
         "trials": [{k: t.get(k) for k in ("number", "state", "params", "eval_loss", "step", "total_steps", "run_id",
                                           "reason")} for t in data["trials"]],
         "seed_recipe": seed, "found_recipe": found,
-        "goal": {"beats_seed_on_all_five": all(v > 0 for v in gains.values()),
-                 "perplexity_le_minus_45": found["change_pct"]["perplexity"] <= -45,
-                 "rouge2_ge_plus_75": found["change_pct"]["rouge2"] >= 75},
+        "goal": {"beats_seed_on_all_five": all(v is not None and v > 0 for v in gains.values()),
+                 "perplexity_le_minus_45": (found["change_pct"]["perplexity"] or 0) <= -45,
+                 "rouge2_ge_plus_75": (found["change_pct"]["rouge2"] or 0) >= 75},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"\n| recipe | eval loss | {' | '.join(seed['change_pct'])} |\n|---|---|" + "---|" * len(gains))
     for label, r in (("seed (trial 0)", seed), (f"found (trial {found['trial']})", found)):
-        print(f"| {label} | {r['eval_loss']:.3f} | " + " | ".join(f"{v:+.1f}%" for v in r["change_pct"].values())
+        print(f"| {label} | {r['eval_loss']:.3f} | " + " | ".join("n/a" if v is None else f"{v:+.1f}%" for v in r["change_pct"].values())
               + " |")
     print(f"\nwrote {args.out}; goal: {result['goal']}")
     return 0

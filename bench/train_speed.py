@@ -7,8 +7,9 @@ through the workbench's 4-bit path (speed and memory do not depend on weight val
 - seed: batch 4 x grad-accum 4, padded to the longest example, gradient checkpointing, peft's
   `prepare_model_for_kbit_training` (fp32 upcast of the non-quantized layers), plain SDPA attention;
 - workbench: `recipe.run_training` exactly as `python -m workbench train` runs it on CUDA (packing 'auto');
-- with --variants, also: the large-GPU preset (no gradient checkpointing), and each of them without the fused
-  kernels (liger-kernel) when those are installed, to show what each part pays.
+- in the same run, what each part pays: the packed path eager (torch.compile off) without and (when liger-kernel is
+  installed) with the fused kernels — the previous default;
+- with --large-gpu, the large-GPU preset (no gradient checkpointing); with --variants also its eager + kernels form.
 
 Tokens/s are real (non-padding) tokens, the median over logged steps after the first three (warm-up). The
 base model is loaded once; LoRA is attached per variant and removed after it. Writes
@@ -83,6 +84,8 @@ class BaseCache:
         from workbench.training.packing import HiddenStatesHead
         if isinstance(base.lm_head, HiddenStatesHead):
             base.lm_head = base.lm_head.inner
+        for layer in getattr(base.model, "layers", []):  # a compiled variant leaves its layers compiled
+            layer._compiled_call_impl = None
         base.gradient_checkpointing_disable()
         try:
             base.disable_input_require_grads()
@@ -147,7 +150,8 @@ def run_variant(cache: BaseCache, cfg, upcast: bool, kernels: bool, profile_step
     rates = [e["tokens_per_s"] for e in events if e.get("tokens_per_s") and e["step"] > LOGGING_STEPS]
     result = {"variant": cfg.name, "state": state, "reason": runs.read_status(run_id).get("reason", ""),
               "packing": cfg.training.packing, "gradient_checkpointing": cfg.training.gradient_checkpointing,
-              "fp32_upcast": upcast, "kernels": kernels, "steps": len(events),
+              "fp32_upcast": upcast, "kernels": kernels, "compile": cfg.training.compile, "steps": len(events),
+              "first_step_s": _first_step_seconds(events),
               "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
               "tokens_per_s_all": [e.get("tokens_per_s") for e in events],
               "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -157,6 +161,12 @@ def run_variant(cache: BaseCache, cfg, upcast: bool, kernels: bool, profile_step
     print(json.dumps({k: v for k, v in result.items() if k not in ("tokens_per_s_all", "losses", "profile")}),
           flush=True)
     return result
+
+
+def _first_step_seconds(events: list[dict]) -> float | None:
+    """Wall seconds of the first logged window (includes the compile on a compiled variant)."""
+    first = next((e for e in events if e.get("step") == LOGGING_STEPS), None)
+    return first.get("elapsed") if first else None
 
 
 class _profiled:
@@ -249,17 +259,24 @@ def main() -> None:
     cache._original = models.load_model
     models.load_model = cache.load_model
     results = {}
-    # The seed first and the fused kernels last: liger patches the model's modules in place.
+    def eager(name, **kw):  # the packed path with torch.compile off (the previous default)
+        cfg = config(name, args.steps, **kw)
+        cfg.training.compile = "off"
+        return cfg
+
+    # The seed first and the fused kernels last: liger patches the model's modules in place (the compiled
+    # variants run without them, as the default path does; their layers are un-compiled between variants).
     results["seed"] = run_variant(cache, config("seed", args.steps, seed_recipe=True), upcast=True, kernels=False)
-    if have_kernels:  # what the fused kernels pay: the default path without them, same run
-        results["workbench_no_kernels"] = run_variant(cache, config("workbench-no-kernels", args.steps), False, False)
-    if args.variants and have_kernels:
-        results["large_gpu_no_kernels"] = run_variant(cache, config("large-gpu-no-kernels", args.steps,
-                                                                    large_gpu=True), False, False)
-    results["workbench"] = run_variant(cache, config("workbench", args.steps), upcast=False, kernels=True,
+    results["workbench_eager_no_kernels"] = run_variant(cache, eager("workbench-eager-no-kernels"), False, False)
+    results["workbench"] = run_variant(cache, config("workbench", args.steps), upcast=False, kernels=False,
                                        profile_steps=3 if args.profile else 0)
     if args.variants or args.large_gpu:
-        results["large_gpu"] = run_variant(cache, config("large-gpu", args.steps, large_gpu=True), False, True)
+        results["large_gpu"] = run_variant(cache, config("large-gpu", args.steps, large_gpu=True), False, False)
+    if args.variants and have_kernels:
+        results["large_gpu_eager_kernels"] = run_variant(cache, eager("large-gpu-eager-kernels", large_gpu=True),
+                                                         False, True)
+    if have_kernels:  # the previous default: packed, eager, liger kernels
+        results["workbench_eager_kernels"] = run_variant(cache, eager("workbench-eager-kernels"), False, True)
 
     seed, ours = results["seed"], results["workbench"]
     n = min(len(seed["losses"]), len(ours["losses"]))

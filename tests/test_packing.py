@@ -188,6 +188,27 @@ def test_packing_is_off_on_cpu_by_default_and_follows_the_setting():
     assert cfg.training.packing == "auto" and "_packing" not in cfg.to_yaml()  # the saved config keeps 'auto'
 
 
+def test_compile_follows_the_setting_and_a_compiled_row_gets_one_constant_max_length():
+    from workbench.config import RunConfig
+    from workbench.training import compiled
+
+    cfg = RunConfig()
+    assert cfg.training.compile == "auto"
+    assert compiled.wanted(cfg, "cuda", packed=True) and not compiled.wanted(cfg, "cpu", packed=True)
+    assert not compiled.wanted(cfg, "cuda", packed=False)  # the padded path is never compiled
+    cfg.training.compile = "on"
+    assert compiled.wanted(cfg, "cpu", packed=True)
+    cfg.training.compile = "off"
+    assert not compiled.wanted(cfg, "cuda", packed=True)
+    cfg.training.compile = "maybe"
+    assert any("training.compile" in m for m in cfg.validate())
+    assert len(compiled.decoder_layers(tiny_model())) == 2
+    # the kernel only sizes its grid with max_length: a constant bound keeps one compiled graph for every row
+    chunk = packing.PackedCollator(max_tokens=10_000, fixed_max_length=128)(EXAMPLES)["chunks"][0]
+    assert chunk["max_length_q"] == chunk["max_length_k"] == 128
+    assert packing.PackedCollator(max_tokens=10_000)(EXAMPLES)["chunks"][0]["max_length_q"] == 14
+
+
 @pytest.mark.integration
 def test_packed_run_matches_the_plain_recipe_over_the_first_steps(monkeypatch):
     """The embedded model in real 4-bit on CPU, 4 steps of 2 x 2 examples: the same examples in the same order,
@@ -270,3 +291,51 @@ def test_on_the_gpu_packed_attention_never_crosses_examples():
         with torch.no_grad():
             want = plain(input_ids=torch.tensor([ex["input_ids"]], device="cuda")).logits[0].float().cpu()
         torch.testing.assert_close(got, want, rtol=0, atol=5e-2)
+
+
+@pytest.mark.gpu
+def test_compiled_layers_train_like_eager_and_compile_once_on_the_gpu(tmp_path):
+    """A small Llama in real 4-bit NF4 + LoRA + gradient checkpointing on packed rows: the compiled layers
+    (`training.compile`) give the eager layers' loss and LoRA gradients, for rows of different lengths, without a
+    recompile per row length."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    from workbench.training import compiled
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=torch.bfloat16,
+                                             device_map={"": 0})
+    attention.use_packed_attention(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"]))
+    model.train()
+    rows = [[example(40, 10, 1), example(90, 30, 2)], [example(120, 20, 3), example(7, 3, 4), example(64, 8, 5)]]
+
+    def step(examples):
+        chunk = to(packing.PackedCollator(10_000, fixed_max_length=128)(examples)["chunks"][0], "cuda")
+        model.zero_grad()
+        loss = packing.loss_sum(model, chunk)
+        loss.backward()
+        return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager = [step(r) for r in rows]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert compiled.compile_layers(model) == 3
+    fast = [step(r) for r in rows + rows]
+    for (want_loss, want_grads), (got_loss, got_grads) in zip(eager + eager, fast):
+        assert abs(got_loss - want_loss) <= 1e-2 * abs(want_loss)
+        for name, want in want_grads.items():
+            rel = (got_grads[name] - want).norm() / want.norm().clamp_min(1e-12)
+            assert rel < 5e-2, (name, float(rel))
+    # one graph for all layers and row lengths (training forward; its backward is compiled with it)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2, dict(torch._dynamo.utils.counters["stats"])

@@ -71,8 +71,10 @@ _PARAMS: dict = {}
 
 
 def _kernel_params(fn) -> set:
+    """The kernel's keyword names; read once (also by `use_packed_attention`, before any compiled code runs, so
+    a compiled layer only reads the cached set)."""
     if fn not in _PARAMS:
-        _PARAMS[fn] = set(inspect.signature(fn).parameters)
+        _PARAMS[fn] = frozenset(inspect.signature(fn).parameters)
     return _PARAMS[fn]
 
 
@@ -135,6 +137,8 @@ def register() -> str:
 def use_packed_attention(model) -> None:
     """Switch a loaded model to the per-example attention (before LoRA is attached)."""
     register()
+    if _varlen_kernel() is not None:
+        _kernel_params(_varlen_kernel())
     try:
         model.set_attn_implementation(NAME)
     except (AttributeError, ValueError):  # older transformers: set the config field directly

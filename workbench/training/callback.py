@@ -17,6 +17,14 @@ from workbench.training import checkpoints, distributed
 from workbench.training.events import _number
 from workbench.training.failures import NonFiniteLoss
 
+AGREE_EVERY_GPU = 4  # steps between the GPU ranks' agreement on stop / timed save (each one waits for every GPU)
+
+
+# What TRL's DPOTrainer logs (preference runs), under the event names the views plot; eval_* for held-out pairs.
+PREFERENCE_LOGS = {"rewards/margins": "reward_margin", "rewards/chosen": "reward_chosen",
+                   "rewards/rejected": "reward_rejected", "rewards/accuracies": "preference_accuracy"}
+PREFERENCE_LOGS.update({f"eval_{k}": f"eval_{v}" for k, v in PREFERENCE_LOGS.items()})
+
 
 class RunCallback(TrainerCallback):
     """Writes one event per log step, saves on a timer, obeys STOP, fails on NaN/inf loss."""
@@ -62,6 +70,9 @@ class RunCallback(TrainerCallback):
         for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
             if key in logs:
                 event[key] = float(logs[key])
+        for key, name in PREFERENCE_LOGS.items():
+            if key in logs:
+                event[name] = float(logs[key])
         if "loss" in logs:
             event["tokens_per_s"] = round((tokens - tok0) / max(now - t0, 1e-6), 1)
             self.last_log = (now, tokens)
@@ -76,8 +87,15 @@ class RunCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         minutes = self.cfg.training.save_every_minutes
         timed_save = bool(minutes) and time.time() - self.last_save > minutes * 60
-        # With several processes every rank must take the same decision at the same step, or one waits forever.
-        timed_save, stop = distributed.agree(timed_save, self.run.stop_file.exists())
+        # With several processes every rank must take the same decision at the same step, or one waits forever;
+        # GPU ranks agree every AGREE_EVERY_GPU steps (and on the last), since each agreement waits for every GPU.
+        if distributed.world_size() > 1:
+            every = AGREE_EVERY_GPU if distributed.on_gpus() else 1
+            if state.global_step % every and state.global_step < state.max_steps:
+                return
+            timed_save, stop = distributed.agree(timed_save, self.run.stop_file.exists())
+        else:
+            stop = self.run.stop_file.exists()
         if timed_save:
             control.should_save = True
         if stop:

@@ -96,6 +96,13 @@ def _die_with_parent() -> None:
         pass
 
 
+def on_gpus() -> bool:
+    """Whether the ranks talk over NCCL (one GPU each), where every collective makes the host wait for its GPU."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+
+
 def agree(*flags: bool) -> list[bool]:
     """The same decisions on every rank: each flag is true everywhere if it is true on any rank."""
     import torch

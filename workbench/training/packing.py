@@ -95,7 +95,7 @@ def token_budget(model, cfg, device: str, fraction: float = 0.5) -> int:
 
 # -- the collator ------------------------------------------------------------------------------------
 
-def _chunk(examples: list[dict]) -> dict:
+def _chunk(examples: list[dict], fixed_max_length: int = 0) -> dict:
     import torch
 
     ids, pos, loss_positions, loss_targets, cu = [], [], [], [], [0]
@@ -108,7 +108,9 @@ def _chunk(examples: list[dict]) -> dict:
                 loss_positions.append(offset + i)
                 loss_targets.append(labels[i + 1])
         cu.append(len(ids))
-    longest = max(b - a for a, b in zip(cu[:-1], cu[1:]))
+    # A compiled model is given one constant upper bound (the kernel only sizes its grid with it), so the
+    # compiled layer never specialises on, or recompiles for, each row's longest example.
+    longest = max(fixed_max_length, *(b - a for a, b in zip(cu[:-1], cu[1:])))
     cu_t = torch.tensor(cu, dtype=torch.int32)
     return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "cu_seq_lens_q": cu_t,
             "cu_seq_lens_k": cu_t.clone(), "max_length_q": longest, "max_length_k": longest,
@@ -136,14 +138,15 @@ class PackedCollator:
     tokens and answer tokens from them) plus `chunks`, the row cut to the token budget, each chunk what the
     model is called with."""
 
-    def __init__(self, max_tokens: int):
+    def __init__(self, max_tokens: int, fixed_max_length: int = 0):
         self.max_tokens = max_tokens
+        self.fixed_max_length = fixed_max_length
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
 
         lengths = [len(b["input_ids"]) for b in batch]
-        chunks = [_chunk(batch[a:b]) for a, b in split_by_budget(lengths, self.max_tokens)]
+        chunks = [_chunk(batch[a:b], self.fixed_max_length) for a, b in split_by_budget(lengths, self.max_tokens)]
         ids = torch.cat([c["input_ids"] for c in chunks], dim=1)
         labels = [lab for b in batch for lab in [IGNORE_INDEX] + list(b["labels"][1:])]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([labels]),
@@ -232,6 +235,28 @@ class PackedTrainer(Trainer):
     the step's answer-token count (summed over processes when the Trainer averages tokens across devices)."""
 
     _norm: tuple | None = None
+    _unsynced_tokens = 0  # this rank's tokens since the last log (several processes): summed over ranks at log time
+
+    def _track_num_input_tokens(self, inputs):
+        """Tokens seen, counted from the row's shape (a packed row has no padding): no GPU sum, no per-step
+        gather and `.item()` (the Trainer's own count waits for the GPU every step). With several processes the
+        ranks' counts are summed once per log instead."""
+        if self.args.include_num_input_tokens_seen == "no" or "input_ids" not in inputs:
+            return
+        tokens = int(inputs["input_ids"].numel())
+        if self.args.world_size > 1:
+            self._unsynced_tokens += tokens
+        else:
+            self.state.num_input_tokens_seen += tokens
+
+    def log(self, logs, *args, **kwargs):
+        if self.args.world_size > 1 and self.args.include_num_input_tokens_seen != "no":
+            import torch
+
+            count = torch.tensor([self._unsynced_tokens], device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += int(self.accelerator.reduce(count, reduction="sum").item())
+            self._unsynced_tokens = 0
+        return super().log(logs, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         chunks = inputs["chunks"]

@@ -27,11 +27,15 @@ def build_model(cfg: RunConfig, device: str):
     model, tokenizer, device = load_model(cfg.model, device)
     from workbench.training import packing
 
-    if packing.resolve(cfg, device, model):  # per-example attention over packed rows (+ fused kernels if installed)
+    from workbench.training import compiled
+
+    packed = packing.resolve(cfg, device, model)
+    compiling = compiled.wanted(cfg, device, packed)
+    if packed:  # per-example attention over packed rows (+ fused kernels if installed and not compiling)
         from workbench.training import attention
 
         attention.use_packed_attention(model)
-        if device == "cuda":
+        if device == "cuda" and not compiling:  # inductor fuses the same norm/RoPE/SwiGLU work itself
             print(f"kernels: {', '.join(packing.apply_kernels(model)) or 'none (liger-kernel not installed)'}",
                   flush=True)
     if cfg.training.gradient_checkpointing:
@@ -47,6 +51,9 @@ def build_model(cfg: RunConfig, device: str):
         from workbench.training import packing
 
         packing.use_chunked_loss(model)
+    if compiling:
+        print(f"compiled: {compiled.compile_layers(model)} transformer layers (torch.compile; the first step includes "
+              f"the compile)", flush=True)
     return model, tokenizer, device
 
 
@@ -147,7 +154,10 @@ def run_training(run_dir: Path, resume: bool = False) -> str:
         if _packed(cfg, device):
             from workbench.training import packing
 
-            collator = packing.PackedCollator(packing.token_budget(model, cfg, device))
+            from workbench.training import compiled
+
+            fixed = cfg.model.max_seq_length if compiled.wanted(cfg, device, True) else 0
+            collator = packing.PackedCollator(packing.token_budget(model, cfg, device), fixed)
             trainer_class = packing.PackedTrainer
             print(f"packed rows: {cfg.training.batch_size * cfg.training.grad_accum} examples a step, at most "
                   f"{collator.max_tokens} tokens a forward pass", flush=True)
