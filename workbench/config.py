@@ -159,14 +159,39 @@ class EvalSettings:
 
 
 @dataclass
+class PreferenceSettings:
+    parent_run: str = _f(
+        "", "Preference runs only: the finished run whose LoRA adapter training starts from. The same adapter, "
+            "frozen, is the reference the preference run is measured against (not the bare base model).")
+    pairs: str = _f(
+        "votes",
+        "Preference runs only: where the (prompt, chosen answer, rejected answer) pairs come from. 'votes' = every "
+        "blind review vote on the parent run that prefers one side (ties, 'both bad' and contradictory votes are "
+        "left out); or a JSONL/CSV/JSON/Parquet file with prompt, chosen and rejected columns.")
+    beta: float = _f(
+        0.1, "DPO beta: how far the run may move from the parent. Higher keeps it closer to the parent; 0.1 is the "
+             "usual value.")
+    eval_fraction: float = _f(
+        0.25, "Share of the pairs held out to measure preference accuracy (how often the run prefers the chosen "
+              "answer), never trained on.")
+
+
+@dataclass
 class RunConfig:
     name: str = _f("", "A short name for the run, shown in the run list (optional).")
     preset: str = _f("", "The preset this configuration started from.")
+    kind: str = _f(
+        "sft",
+        "What the run learns from. 'sft': question/answer pairs (supervised fine-tuning). 'preference': reviewers' "
+        "preferences between two answers (DPO), starting from a finished run's adapter (preference.parent_run).",
+        choices=("sft", "preference"))
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The base model and how it is loaded."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data and its formatting."})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "The LoRA adapter."})
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": "The optimisation schedule."})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Evaluation after training."})
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings,
+                                           metadata={"help": "Preference tuning (DPO) from a parent run."})
 
     # -- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -245,7 +270,7 @@ def _build(cls, data: dict, prefix: str):
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "training": TrainingConfig,
-             "eval": EvalSettings}
+             "eval": EvalSettings, "preference": PreferenceSettings}
 
 
 def iter_fields(cfg: RunConfig | None = None):
@@ -375,6 +400,15 @@ def validate(cfg: RunConfig) -> list[str]:
     if bad:
         errors.append(f"data.columns {bad} is not a mapping of record fields ({', '.join(fields_)}) to column names; "
                       f"write it like {{instruction: question, output: answer}}.")
+    pr = cfg.preference
+    if cfg.kind == "preference":  # the parent run is checked when the run is created (a preset names none)
+        errors += [msg for ok, msg in [
+            (bool(pr.pairs.strip()), "preference.pairs is empty; use 'votes' or the path of a preference file."),
+            (0 < pr.beta <= 10, f"preference.beta {pr.beta} is out of range; 0.1 is the usual value."),
+            (0 < pr.eval_fraction < 0.9, f"preference.eval_fraction {pr.eval_fraction} must be between 0 and 0.9; "
+                                         f"0.25 holds a quarter of the pairs out."),
+            (tr.num_processes == 1, "A preference run trains in one process; set training.num_processes to 1."),
+        ] if not ok]
     if tr.optimizer in ("paged_adamw_8bit", "adamw_8bit") and tr.device == "cpu":
         errors.append(f"training.optimizer {tr.optimizer} needs a CUDA GPU; use adamw_torch on CPU.")
     return errors

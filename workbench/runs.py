@@ -56,12 +56,15 @@ class RunFolder:
     train_data = property(lambda self: self.path / "data" / "train.jsonl")  # the exact records trained on
     eval_data = property(lambda self: self.path / "data" / "eval.jsonl")    # ... and held out
     data_report = property(lambda self: self.path / "data" / "report.json")  # what cleaning and the split did
+    pairs_train = property(lambda self: self.path / "data" / "pairs_train.jsonl")  # preference runs: pairs trained on
+    pairs_eval = property(lambda self: self.path / "data" / "pairs_eval.jsonl")    # ... and held out
     checkpoints = property(lambda self: self.path / "checkpoints")     # Trainer checkpoints, checkpoint-<step>/
     adapter = property(lambda self: self.path / "adapter")             # the final LoRA adapter
     adapter_run_config = property(lambda self: self.path / "adapter" / "run_config.yaml")
     replicas = property(lambda self: self.path / "replicas")           # rank-<n>.json: LoRA digest per process
     stop_file = property(lambda self: self.path / "STOP")              # a stop request, read by the callback
     metrics = property(lambda self: self.path / "metrics.json")        # after evaluation
+    preference_metrics = property(lambda self: self.path / "preference_metrics.json")  # held-out preference accuracy
     predictions = property(lambda self: self.path / "predictions.jsonl")
     eval_progress = property(lambda self: self.path / "eval_progress.json")
     eval_log = property(lambda self: self.path / "eval.log")

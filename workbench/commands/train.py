@@ -17,6 +17,12 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a setting, e.g. --set training.max_steps=10 (repeatable).")
     p.add_argument("--background", action="store_true", help="Start in the background and return at once.")
+    p.add_argument("--parent", metavar="RUN_ID",
+                   help="Preference tuning (DPO): start from this finished run's adapter, which is also the frozen "
+                        "reference (sets kind=preference and preference.parent_run; e.g. --preset preference-cpu).")
+    p.add_argument("--pairs", metavar="votes|FILE",
+                   help="With --parent: the preference pairs, 'votes' (the blind votes on the parent run; the "
+                        "default) or a JSONL/CSV/JSON/Parquet file with prompt, chosen and rejected columns.")
     p.set_defaults(func=run_train)
 
     r = sub.add_parser("runs", help="List runs with their state (and mark dead ones 'interrupted').")
@@ -46,10 +52,21 @@ def _config_from_args(args):
         if key not in fields:
             raise ConfigError([f"Unknown setting '{key}' in --set; see `python -m workbench config`."])
         cfg.set(key, coerce(fields[key], value, key))
+    if getattr(args, "pairs", None) and not getattr(args, "parent", None):
+        raise ConfigError(["--pairs needs --parent RUN_ID: the finished run the preference run starts from."])
+    if getattr(args, "parent", None):
+        cfg.kind = "preference"
+        cfg.preference.parent_run = args.parent
+        if args.pairs:
+            cfg.preference.pairs = args.pairs if args.pairs == "votes" else str(Path(args.pairs).expanduser().resolve())
     return cfg
 
 
 def _train_here(run_dir: Path, resume: bool) -> int:
+    from workbench.training import preference
+
+    if preference.is_preference_run(run_dir):  # run kind 'preference': TRL's DPOTrainer from a parent's adapter
+        return preference.main(run_dir, resume)
     from workbench.training.recipe import main  # transformers and torch: only when this process trains
 
     return main(run_dir, resume)

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import math
 
-METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "gpu_mem_gb", "cpu_mem_gb")
+METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "gpu_mem_gb", "cpu_mem_gb",
+           # preference (DPO) runs: mean reward margin chosen - rejected, the two rewards, the share of pairs where
+           # the chosen answer's reward is higher; eval_* on the held-out pairs
+           "reward_margin", "reward_chosen", "reward_rejected", "preference_accuracy", "eval_reward_margin",
+           "eval_preference_accuracy")
 
 
 # -- the pure fold ------------------------------------------------------------------------------

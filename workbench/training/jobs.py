@@ -30,13 +30,23 @@ def create_run(cfg: RunConfig) -> str:
     problems = cfg.validate()
     if problems:
         raise runs.RunError("The configuration has problems: " + " ".join(problems))
-    prepared = prepare_dataset(cfg.data)  # fails early (DataError) before a process is started
+    pairs = None
+    if cfg.kind == "preference":  # the pairs, the parent's settings and Q&A split (workbench.training.preference)
+        from workbench.training import preference
+
+        prepared, *pairs = preference.prepare(cfg)
+    else:
+        prepared = prepare_dataset(cfg.data)  # fails early (DataError) before a process is started
     run = runs.folder(runs.new_run_id(cfg.name or cfg.preset), must_exist=False)
     run.path.mkdir(parents=True)
     write_jsonl(prepared.train, run.train_data)
     write_jsonl(prepared.eval, run.eval_data)
+    if pairs:
+        write_jsonl(pairs[0], run.pairs_train)
+        write_jsonl(pairs[1], run.pairs_eval)
     run.data_report.write_text(json.dumps(prepared.report, indent=1, default=str))
-    run.write_status(state="queued", created_at=runs.now_iso(), name=cfg.name, model=cfg.model.name_or_path)
+    run.write_status(state="queued", created_at=runs.now_iso(), name=cfg.name, model=cfg.model.name_or_path,
+                     kind=cfg.kind, **({"parent_run": cfg.preference.parent_run} if pairs else {}))
     cfg.save(run.config)  # last: a folder with config.yaml is a run (list_runs), so it appears complete
     return run.id
 

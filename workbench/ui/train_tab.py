@@ -28,7 +28,9 @@ def _model_choices() -> list[str]:
     return MODEL_CHOICES + ([default] if default not in MODEL_CHOICES else [])
 
 # Settings shown elsewhere on the tab (model picker, preset) are not repeated in the form.
-FORM_SKIP = {"model.name_or_path", "preset"}
+# The run kind and the preference section (issue 17) get their own controls; until then the form leaves them at the
+# preset's values.
+FORM_SKIP = {"model.name_or_path", "preset", "kind"} | {n for n, _, _ in iter_fields() if n.startswith("preference.")}
 FORM_FIELDS = [(n, f) for n, f, _ in iter_fields() if n not in FORM_SKIP]  # one order for widgets and values
 
 
