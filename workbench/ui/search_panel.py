@@ -64,6 +64,25 @@ def _view(search_id, seen):
             gr.update(choices=[str(n) for n in done], value=str(best) if best is not None else None))
 
 
+def full_run_html(run_id: str, status: dict) -> str:
+    step, total = status.get("step") or 0, status.get("total_steps") or "…"
+    scoring = " · scoring" if status.get("eval_state") == "running" else ""
+    return (f"<div id='search-full-run'>Full run <b id='search-full-id'>{html.escape(run_id)}</b>: <span "
+            f"id='search-full-state'>{html.escape(str(status.get('state', '?')))}</span> · step {step}/{total}"
+            f"{scoring}</div>")
+
+
+def _full_run_view(run_id, seen):
+    """Timer tick: the promoted run's state and step, redrawn only when its status or events changed."""
+    if not run_id:
+        return gr.skip(), gr.skip()
+    try:
+        key = runs.change_marker(run_id)
+        return (gr.skip(), gr.skip()) if key == seen else (key, full_run_html(run_id, runs.read_status(run_id)))
+    except runs.RunError:
+        return gr.skip(), gr.skip()
+
+
 def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
     """The panel. `config_inputs` are the Train tab's model, preset, data choice and form widgets (the search starts
     from exactly what Start would train); without them the panel has its own preset picker."""
@@ -91,7 +110,10 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
             trial_pick = gr.Dropdown([], label="Trial to train in full (default: the best)", elem_id="search-trial")
             use_btn = gr.Button("Use this recipe", elem_id="search-use")
         used = gr.Markdown(elem_id="search-used")
+        full_run = gr.HTML(elem_id="search-full-run-box")
     seen = gr.State("")
+    promoted = gr.State("")  # the full run this page started with "Use this recipe", followed until it ends
+    full_seen = gr.State("")
     timer = gr.Timer(2.0)
     private = {"api_visibility": "private"}
 
@@ -127,15 +149,16 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
         except (search.SearchError, jobs.JobError, runs.RunError, DataError) as e:
             raise gr.Error(str(e)) from None
         return (f"Started run **{run_id}** with trial {trial if trial not in (None, '') else 'best'}'s settings; it "
-                f"is scored when it ends. Pick it in the Run list above to follow it.")
+                f"is scored when it ends. Its progress is below; the Run list above shows it after a refresh."), run_id
 
     start_btn.click(start, [trials, minutes, *groups, *config_inputs], [search_pick, seen], api_name="search_start",
                     concurrency_limit=1, concurrency_id="train-start")
     stop_btn.click(stop, search_pick, None, api_name="search_stop")
-    use_btn.click(use, [search_pick, trial_pick], used, api_name="search_use", concurrency_limit=1,
+    use_btn.click(use, [search_pick, trial_pick], [used, promoted], api_name="search_use", concurrency_limit=1,
                   concurrency_id="train-start")
     view_io = ([search_pick, seen], [seen, search_pick, status, table, trial_pick])
     timer.tick(_view, *view_io, **private)
+    timer.tick(_full_run_view, [promoted, full_seen], [full_seen, full_run], **private)
     search_pick.input(lambda: "", None, seen, **private)  # another search picked: redraw on the next tick
     demo.load(_view, *view_io, **private)
 
