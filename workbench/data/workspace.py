@@ -73,8 +73,10 @@ def load() -> tuple[pd.DataFrame, dict] | None:
 
 
 def change_key() -> str:
-    """Cheap 'did the saved dataset change?' key (a stat, no read)."""
-    return paths.change_marker("", [manifest_path()])
+    """Cheap 'did the saved dataset change?' key (a stat, no read); "-" while nothing is saved (the Train tab reads
+    any other key as "a dataset was saved" and switches to it)."""
+    key = paths.change_marker("", [manifest_path()])
+    return "-" if key == ":-" else key
 
 
 def data_config(base: DataConfig) -> DataConfig:
