@@ -128,9 +128,9 @@ class TrainingConfig:
         choices=("auto", "on", "off"))
     compile: str = _f(
         "auto",
-        "Compile each transformer layer with torch.compile (fused kernels, far fewer launches): faster steps after a "
-        "one-time compile of about a minute. 'auto' compiles on CUDA with packing; 'on' compiles wherever packing "
-        "is used; 'off' never.",
+        "Compile each transformer layer with torch.compile (fused kernels, fewer launches): faster steps after a "
+        "one-time compile of about a minute. 'auto' compiles on CUDA with packing when the liger-kernel package "
+        "(which fuses the same work) is not installed; 'on' compiles wherever packing is used; 'off' never.",
         choices=("auto", "on", "off"))
     optimizer: str = _f("adamw_torch", "Optimizer. 'paged_adamw_8bit' saves GPU memory (needs CUDA).",
                         choices=("adamw_torch", "paged_adamw_8bit", "adamw_8bit", "sgd"))

@@ -289,6 +289,15 @@ class PackedTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
+def kernels_installed() -> bool:
+    """Whether liger-kernel's Llama/Mistral patches import here (without applying them)."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama  # noqa: F401
+    except Exception:  # noqa: BLE001 - not installed, or it does not import with this transformers
+        return False
+    return True
+
+
 def apply_kernels(model) -> list[str]:
     """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) for Llama/Mistral-type models, when the package is
     installed; returns what was applied (nothing when it is not there or the architecture is not covered)."""

@@ -164,7 +164,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, device: str | None = None, call
 
     from workbench.evaluation.preferences import pair_tokens
     from workbench.models import load_model
-    from workbench.training.recipe import training_arguments
+    from workbench.training.recipe import one_gpu_per_process, training_arguments
 
     run = runs.RunFolder(run_dir)
     model, tokenizer, device = load_model(cfg.model, device or cfg.training.device)
@@ -184,7 +184,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, device: str | None = None, call
     settings.update(beta=cfg.preference.beta, max_length=None,  # pairs are cut to max_seq_length by pair_tokens
                     precompute_ref_log_probs=False,  # the reference runs beside the policy: resume needs no cache
                     gradient_checkpointing=False)  # set on the model above, as the SFT recipe does
-    args = DPOConfig(**settings)
+    args = one_gpu_per_process(DPOConfig(**settings))
     held = dataset(run.pairs_eval)
     trainer = _tokenized_trainer_class()(model=model, args=args, train_dataset=dataset(run.pairs_train),
                                          eval_dataset=held if len(held) else None, processing_class=tokenizer,

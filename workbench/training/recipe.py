@@ -103,7 +103,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
     # Packed: a step's batch_size x grad_accum examples (the same ones, in the same order) go in as one packed
     # batch, cut to the GPU's token budget by the collator instead of into grad_accum padded batches.
     batch, accum = (t.batch_size * t.grad_accum, 1) if _packed(cfg, device) else (t.batch_size, t.grad_accum)
-    return TrainingArguments(
+    return one_gpu_per_process(TrainingArguments(
         output_dir=str(runs.RunFolder(run_dir).checkpoints), per_device_train_batch_size=batch,
         per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
         learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
@@ -119,7 +119,17 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
         use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
         ddp_backend=("gloo" if device == "cpu" else "nccl") if distributed.world_size() > 1 else None,
-        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None)
+        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None))
+
+
+def one_gpu_per_process(args):
+    """A training process uses one GPU. On a machine with several, a single process's TrainingArguments count them
+    all (`n_gpu`), and the Trainer then divides the step's answer-token count by that number, as for DataParallel —
+    which it never applies to 4-bit models — so the loss and its gradient came out N times too large (seen on two
+    H200s: 23.2 instead of 11.6). Several GPUs are used through training.num_processes (one process each)."""
+    if args.n_gpu > 1:  # (reading n_gpu sets the devices up once; the Trainer reads the same attribute)
+        args._n_gpu = 1
+    return args
 
 
 def run_training(run_dir: Path, resume: bool = False) -> str:
