@@ -227,3 +227,38 @@ def _message_text(value):
     if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
         return value[-1]["content"]
     return value
+
+
+# -- the Data tab's preference file ---------------------------------------------------------------
+# A preference file loaded in the app is saved (its usable pairs, after the rule above) under the data folder, at a
+# path the server chooses; the Train tab's "the Data tab's preference file" trains on that path, so no request ever
+# names the file a run reads.
+
+def saved_path() -> Path:
+    return paths.data_dir() / "preferences" / "current.jsonl"
+
+
+def saved_manifest_path() -> Path:
+    return paths.data_dir() / "preferences" / "current.json"
+
+
+def save_loaded(report: dict) -> dict:
+    """Save a loaded file's usable pairs as the Data tab's preference file; returns its manifest."""
+    from datetime import datetime, timezone
+
+    tmp = saved_path().with_name(".current.jsonl.tmp")
+    write_pairs_jsonl(report["pairs"], tmp)
+    tmp.replace(saved_path())
+    meta = {"file": report.get("file", ""), "columns": report.get("columns", {}), "pairs": len(report["pairs"]),
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    paths.atomic_write(saved_manifest_path(), json.dumps(meta, indent=1, ensure_ascii=False))
+    return meta
+
+
+def saved_manifest() -> dict | None:
+    """The saved preference file's manifest, or None when none is saved (or its pairs file is gone)."""
+    try:
+        meta = json.loads(saved_manifest_path().read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and saved_path().is_file() else None

@@ -18,6 +18,7 @@ from workbench.data import dbdemos
 from workbench.data import workspace
 from workbench.config import EMBEDDED_MODEL, DataConfig
 from workbench.ui import guard
+from workbench.ui import preference_panel
 from workbench.ui.data_saved import _autosave, _saved_text, _train_on_this  # noqa: F401 (tests call them here)
 from workbench.ui.data_download import _fetch, _show_licence  # noqa: F401
 
@@ -356,6 +357,7 @@ def build(demo: gr.Blocks) -> None:
         with gr.Row():
             licence_btn, fetch_btn = gr.Button("Show the full licence"), gr.Button("Download")
         fetch_md = gr.Markdown()
+    preference_panel.build_data(demo)  # issue 17: preference pairs from blind votes or a file
 
     private = {"api_visibility": "private"}
     browse_inputs = [state, query, min_chars, max_chars, view, page]
