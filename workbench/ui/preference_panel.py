@@ -225,8 +225,9 @@ def pairs_setting(choice: str) -> str:
     return "votes"
 
 
-def preview_html(parent, choice) -> str:
-    """What a preference run from `parent` would train on, with the readiness verdict (refuse / warn / ok)."""
+def preview_html(parent, choice, names: bool = True) -> str:
+    """What a preference run from `parent` would train on, with the readiness verdict (refuse / warn / ok).
+    `names` False (read-only visitors): the pairs report, which names reviewers, is left out."""
     from workbench.training import preference
 
     if not parent:
@@ -243,8 +244,8 @@ def preview_html(parent, choice) -> str:
     split = (f" Start holds out {shown['n_eval']} pair(s) to measure preference accuracy and trains on "
              f"{shown['n_train']}." if shown["ok"] else " Start is refused until there are enough pairs.")
     text = html.escape(shown["text"]).replace("\n", "<br>")
-    return (f"<div class='{css}' id='pref-preview'><b>{html.escape(shown['message'])}</b>{split}"
-            f"<details><summary>Pairs report</summary>{text}</details></div>")
+    details = f"<details><summary>Pairs report</summary>{text}</details>" if names else ""
+    return f"<div class='{css}' id='pref-preview'><b>{html.escape(shown['message'])}</b>{split}{details}</div>"
 
 
 def apply_preference(cfg, parent, choice) -> None:

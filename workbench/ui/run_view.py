@@ -27,7 +27,7 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
     if state in ("queued", "running") and not step and not events:
         notes.insert(0, "Loading the model and preparing the data… (about half a minute on a CPU; the first "
                         "use of the embedded model also converts it once, ≈20 s)")
-    reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes)
+    reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes) + preference_line(status)
     steps_text = f"{step}/{total}" if total else f"{step}/…"
     eta_text = _fmt(eta) if eta is not None else ("measuring…" if state == "running" else "—")
     scoring_line = ""
@@ -44,6 +44,18 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
             f"<div style='background:#e5e7eb;border-radius:4px;height:14px;margin-top:6px'>"
             f"<div style='background:{color};width:{frac * 100:.1f}%;height:14px;border-radius:4px'></div></div>"
             f"{reason}{scoring_line}</div>")
+
+
+def preference_line(status: dict) -> str:
+    """For a preference run: its parent, and whether the reference adapter was checked to be the parent's."""
+    if status.get("kind") != "preference":
+        return ""
+    ref = status.get("reference_is_parent")
+    check = (" · reference = the parent's adapter, frozen (weights checked)" if ref is True else
+             " · <b>the reference adapter did not match the parent's</b>" if ref is False else
+             " · reference: the parent's adapter, frozen")
+    return (f"<div id='train-pref-line'>Preference run (DPO) from parent <b>{html.escape(str(status.get('parent_run')))}"
+            f"</b>{check}</div>")
 
 
 # Lines of train.log that are known to be harmless on this setup; the tab hides them (train.log keeps them).
@@ -88,9 +100,18 @@ def _short(run_id: str) -> str:
     return f"{parts[2]} ({parts[1][:4]})" if len(parts) == 3 and parts[0].isdigit() else run_id[-24:]
 
 
+REWARD_KEYS = ("reward_margin", "reward_chosen", "reward_rejected", "preference_accuracy")
+
+
 def curves(events_by_run: dict[str, list[dict]]) -> go.Figure:
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("Loss (solid) · eval loss (dashed)", "Learning rate",
-                                                        "Gradient norm"))
+    """Loss, learning rate and gradient norm; for preference runs also a second row: reward margin, chosen and
+    rejected rewards, preference accuracy (training solid, held-out pairs dashed)."""
+    preference = any(k in e for events in events_by_run.values() for e in events for k in REWARD_KEYS)
+    titles = ("Loss (solid) · eval loss (dashed)", "Learning rate", "Gradient norm")
+    if preference:
+        titles += ("Reward margin (chosen − rejected)", "Rewards: chosen · rejected (dotted)",
+                   "Preference accuracy")
+    fig = make_subplots(rows=2 if preference else 1, cols=3, subplot_titles=titles, vertical_spacing=0.16)
     rates = []
     for run_id, events in events_by_run.items():
         label = _short(run_id)
@@ -106,12 +127,29 @@ def curves(events_by_run: dict[str, list[dict]]) -> go.Figure:
                                  name=f"{label} lr", showlegend=False), 1, 2)
         fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e.get("grad_norm") for e in train],
                                  name=f"{label} grad", showlegend=False), 1, 3)
+        if preference:
+            _reward_traces(fig, label, events)
     # Learning rates are small numbers (2e-4): scientific ticks, and an axis from 0 that a constant rate cannot
     # collapse to an empty -1…1 range.
     top = max(rates, default=0.0)
     fig.update_yaxes(tickformat=".1e", rangemode="tozero", row=1, col=2,
                      **({"range": [0, top * 1.15]} if top > 0 else {}))
+    if preference:
+        fig.update_yaxes(range=[-0.05, 1.05], row=2, col=3)
     fig.update_annotations(font_size=13)
-    fig.update_layout(height=360, margin={"t": 50, "b": 40, "l": 60, "r": 10},
+    fig.update_layout(height=640 if preference else 360, margin={"t": 50, "b": 40, "l": 60, "r": 10},
                       legend={"orientation": "h", "y": -0.18})
     return fig
+
+
+def _reward_traces(fig, label: str, events: list[dict]) -> None:
+    """The second row of a preference run's curves: TRL's rewards on the training batches and the held-out pairs."""
+    panels = [("reward_margin", 2, 1, "margin", None), ("reward_chosen", 2, 2, "chosen", None),
+              ("reward_rejected", 2, 2, "rejected", "dot"), ("preference_accuracy", 2, 3, "accuracy", None)]
+    for key, row, col, what, dash in panels:
+        for prefix, style in (("", dash), ("eval_", "dash")):
+            points = [e for e in events if isinstance(e.get(prefix + key), (int, float))]
+            if points:
+                fig.add_trace(go.Scatter(x=[e["step"] for e in points], y=[e[prefix + key] for e in points],
+                                         name=f"{label} {'eval ' if prefix else ''}{what}", mode="lines+markers",
+                                         line={"dash": style} if style else {}, showlegend=False), row, col)

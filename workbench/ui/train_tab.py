@@ -16,6 +16,7 @@ from workbench.data import workspace
 from workbench.data.dataset import DataError
 from workbench.evaluation import evaluate
 from workbench.ui import guard
+from workbench.ui import preference_panel
 from workbench.ui import search_panel
 from workbench.ui.run_view import LOG_LINES, clean_log, curves, progress_html  # noqa: F401 (tests read them here)
 
@@ -27,15 +28,16 @@ def _model_choices() -> list[str]:
     default = space.default_model()
     return MODEL_CHOICES + ([default] if default not in MODEL_CHOICES else [])
 
-# Settings shown elsewhere on the tab (model picker, preset) are not repeated in the form.
-# The run kind and the preference section (issue 17) get their own controls; until then the form leaves them at the
-# preset's values.
-FORM_SKIP = {"model.name_or_path", "preset", "kind"} | {n for n, _, _ in iter_fields() if n.startswith("preference.")}
+# Settings shown elsewhere on the tab (model picker, preset) are not repeated in the form. The run kind comes from
+# the preset (the "Kind of run" choice picks one); a preference run's parent and pairs have their own controls
+# (ui/preference_panel), chosen from lists, so no request names a run folder or a file there.
+FORM_SKIP = {"model.name_or_path", "preset", "kind", "preference.parent_run", "preference.pairs"}
 FORM_FIELDS = [(n, f) for n, f, _ in iter_fields() if n not in FORM_SKIP]  # one order for widgets and values
 
 
 SECTIONS = [("model", "Model"), ("data", "Data"), ("lora", "LoRA adapter"), ("training", "Training"),
-            ("eval", "Evaluation after training")]
+            ("eval", "Evaluation after training"), ("preference", "Preference tuning (preference runs only)")]
+KINDS = ["Supervised (question → answer)", "Preference tuning (DPO from review votes)"]
 # Settings most people never change: folded under "More … settings" in their section.
 ADVANCED = {"model.quant_type", "model.double_quant", "model.compute_dtype", "data.dbdemos_dir", "data.columns",
             "data.cleaning", "data.split_seed", "data.template", "lora.bias", "lora.dropout",
@@ -64,7 +66,9 @@ LABELS = {"model.max_seq_length": "Longest example (tokens)", "model.load_in_4bi
           "training.num_processes": "Training processes", "training.device": "Device",
           "eval.run_after_training": "Score base vs fine-tuned when training ends",
           "eval.max_new_tokens": "Longest generated answer (tokens)", "eval.max_examples": "Questions to score",
-          "eval.batch_size": "Questions generated together", "name": "Run name"}
+          "eval.batch_size": "Questions generated together", "name": "Run name",
+          "preference.beta": "DPO beta (higher stays closer to the parent)",
+          "preference.eval_fraction": "Share of the pairs held out"}
 DATA_TAB, DATA_SETTINGS = "The Data tab's dataset", "The data settings below"
 
 
@@ -114,7 +118,7 @@ def training_config(model, preset_name, data_choice, values) -> RunConfig:
     """The form's RunConfig; with the Data tab's dataset chosen, its data points at the saved file (a path the
     server chooses: workspace.records_path(), never one from the request)."""
     cfg = config_from_form(model, preset_name, values)
-    if data_choice == DATA_TAB:
+    if data_choice == DATA_TAB and cfg.kind != "preference":  # a preference run takes the parent's Q&A split
         try:
             cfg.data = workspace.data_config(cfg.data)
         except ValueError as e:
@@ -127,8 +131,12 @@ def dataset_text(data_choice, preset_name="quick-demo-cpu") -> str:
     meta = workspace.manifest()
     try:
         data_cfg = preset(preset_name).data if preset_name else None
+        kind = preset(preset_name).kind if preset_name else "sft"
     except ConfigError:
-        data_cfg = None
+        data_cfg, kind = None, "sft"
+    if kind == "preference":
+        return ("<div id='train-dataset'><b>Trains on:</b> preference pairs (chosen under “Preference tuning” "
+                "below); the Metrics tab scores it on the parent run's held-out questions.</div>")
     if data_choice == DATA_TAB:
         if meta is None:
             return ("<div class='wb-warn' id='train-dataset'>No dataset saved from the Data tab yet: load and clean one "
@@ -157,17 +165,20 @@ def _estimate_text(model, preset_name, data_choice, *values):
     return text, command
 
 
-def _start(request: gr.Request, model, preset_name, data_choice, *values):
+def _start(request: gr.Request, parent, pairs_choice, model, preset_name, data_choice, *values):
     guard.require(request, "train")
     try:
         cfg = training_config(model, preset_name, data_choice, values)
+        if cfg.kind == "preference":  # parent and pairs from the Preference tuning controls (lists, not paths)
+            preference_panel.apply_preference(cfg, parent, pairs_choice)
         _free_chat_memory()
         run_id = jobs.start_run(cfg)
     except ConfigError as e:
         raise gr.Error(" ".join(e.messages)) from None
     except (jobs.JobError, runs.RunError, DataError) as e:
         raise gr.Error(str(e)) from None
-    gr.Info(f"Started run {run_id}: loading the model and the data first (about half a minute on a CPU).")
+    what = "preference run" if cfg.kind == "preference" else "run"
+    gr.Info(f"Started {what} {run_id}: loading the model and the data first (about half a minute on a CPU).")
     return _history(run_id)
 
 
@@ -270,12 +281,44 @@ def _compare_choices(run_id, chosen):
     return gr.update(choices=[i for i in ids if i != run_id], value=[i for i in chosen or [] if i != run_id])
 
 
+def _is_preference(preset_name) -> bool:
+    try:
+        return bool(preset_name) and preset(preset_name).kind == "preference"
+    except ConfigError:
+        return False
+
+
+def _pick_kind(kind):
+    """The "Kind of run" choice picks the preset for this machine (the form, estimate and controls follow it)."""
+    gpu = bool(estimate.detected_gpu()[0])
+    if kind == KINDS[1]:
+        return "preference-gpu" if gpu else "preference-cpu"
+    return "embedded-gpu" if gpu else "quick-demo-cpu"
+
+
+def _preference_view(preset_name, parent, source, request: gr.Request = None):
+    """With a preference preset: the Preference tuning controls (parent runs listed afresh) and what Start would train
+    on, with the readiness verdict. A view: it reads run folders and the votes, and writes nothing."""
+    if not _is_preference(preset_name):
+        return gr.update(value=KINDS[0]), gr.update(visible=False), gr.skip(), gr.skip()
+    choices = preference_panel.parent_choices()
+    parent = parent if parent in choices else (choices[0] if choices else None)
+    return (gr.update(value=KINDS[1]), gr.update(visible=True), gr.update(choices=choices, value=parent),
+            preference_panel.preview_html(parent, source, names=preference_panel._may(request, "vote")))
+
+
+def _preference_preview(parent, source, request: gr.Request = None):
+    return preference_panel.preview_html(parent, source, names=preference_panel._may(request, "vote"))
+
+
 def build(demo: gr.Blocks) -> None:
     gpu = estimate.detected_gpu()[0]
     gr.Markdown("Pick a base model and a preset, check what it trains on, and start a 4-bit LoRA run in the "
                 "background. It keeps running if you close or refresh this page. **One training run at a time**: "
                 "Start is refused while another run trains" + (" (it needs the GPU)." if gpu else
                                                                 " (this machine has no GPU: runs use the CPU)."))
+    kind_pick = gr.Radio(KINDS, value=KINDS[0], label="Kind of run", elem_id="train-kind",
+                         info="Preference tuning trains a finished run further on reviewers' blind A/B votes.")
     with gr.Row():
         model = gr.Dropdown(_model_choices(), value=space.default_model(), allow_custom_value=True, label="Base model",
                             info="The embedded SmolLM2-135M runs offline on a CPU; Mistral-7B needs a GPU; or type "
@@ -287,6 +330,7 @@ def build(demo: gr.Blocks) -> None:
         data_choice = gr.Radio([DATA_TAB, DATA_SETTINGS], value=DATA_TAB if has_saved else DATA_SETTINGS,
                                label="Training data", elem_id="train-data-choice", scale=1)
         data_md = gr.HTML(elem_id="train-data-box")
+    pref_group, pref_parent, pref_source, pref_preview, pref_check = preference_panel.build_train()
     estimate_md = gr.Markdown(elem_id="train-estimate")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -347,7 +391,13 @@ def build(demo: gr.Blocks) -> None:
         comp.change(_estimate_text, estimate_in, [estimate_md, new_cli], **private)
     for comp in (preset_pick, data_choice):
         comp.change(dataset_text, [data_choice, preset_pick], data_md, **private)
-    start_btn.click(_start, estimate_in, [run_pick, history, compare],
+    pref_io = ([preset_pick, pref_parent, pref_source], [kind_pick, pref_group, pref_parent, pref_preview])
+    kind_pick.input(_pick_kind, kind_pick, preset_pick, **private)
+    preset_pick.change(_preference_view, *pref_io, **private)
+    pref_check.click(_preference_view, *pref_io, **private)
+    for comp in (pref_parent, pref_source):
+        comp.change(_preference_preview, [pref_parent, pref_source], pref_preview, **private)
+    start_btn.click(_start, [pref_parent, pref_source, *estimate_in], [run_pick, history, compare],
                     concurrency_limit=1, concurrency_id="train-start").then(
         lambda: "", None, last_seen, **private)
     stop_btn.click(_stop, run_pick, None)
@@ -366,5 +416,5 @@ def build(demo: gr.Blocks) -> None:
 
     demo.load(on_load, None, [run_pick, history, compare], **private).then(
         _estimate_text, estimate_in, [estimate_md, new_cli], **private).then(
-        dataset_text, [data_choice, preset_pick], data_md, **private)
+        dataset_text, [data_choice, preset_pick], data_md, **private).then(_preference_view, *pref_io, **private)
     search_panel.build(demo, estimate_in)  # "Find a recipe": a search starts from these same settings
