@@ -25,6 +25,25 @@ def run_choices() -> list[tuple[str, str]]:
     return [(r["id"] + (f" ({r['name']})" if r.get("name") else ""), r["id"]) for r in chat.chat_runs()]
 
 
+def parent_run(run_id: str | None) -> str | None:
+    """The parent of a preference run (the run it was tuned from), or None."""
+    if not run_id:
+        return None
+    from workbench.evaluation.preferences import parent_of
+
+    try:
+        return parent_of(run_id)
+    except Exception:  # noqa: BLE001 - a missing or unreadable run folder just means: no parent to offer
+        return None
+
+
+def other_choices(run_id: str | None, choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What a run can be compared against: the base model, then (for a preference run) its parent, then other runs."""
+    parent = parent_run(run_id)
+    first = [(f"Parent run: {label}", rid) for label, rid in choices if rid == parent]
+    return [BASE_CHOICE] + first + [(label, rid) for label, rid in choices if rid not in (parent, run_id)]
+
+
 def example_questions(run_id: str | None) -> list[str]:
     """The first held-out questions of the run (data/eval.jsonl), as the user would type them."""
     if not run_id:
@@ -103,7 +122,7 @@ def _refresh(run_id, other):
     other = other if other in ids or other == chat.BASE else chat.BASE
     empty = "" if ids else ("No trained run yet: train one in the Train tab (or `python -m workbench train "
                             "--preset quick-demo-cpu`); it appears here by itself when its adapter is saved.")
-    return (gr.Dropdown(choices=choices, value=run_id), gr.Dropdown(choices=[BASE_CHOICE] + choices, value=other),
+    return (gr.Dropdown(choices=choices, value=run_id), gr.Dropdown(choices=other_choices(run_id, choices), value=other),
             *_run_changed(run_id, other), (empty + "\n\n" if empty else "") + chat.policy_status())
 
 
@@ -142,6 +161,17 @@ def _poll(run_id, other, seen):
 
 def _run_changed(run_id, other):
     return gr.Dataset(samples=[[q] for q in example_questions(run_id)]), tally_text(run_id, other)
+
+
+def _run_picked(run_id, other):
+    """A run was picked: a preference run is compared against its parent by default (the base model stays one
+    choice away); the examples and the tally follow."""
+    choices = run_choices()
+    parent = parent_run(run_id)
+    if parent and parent in [c[1] for c in choices] and other in (None, "", chat.BASE):
+        other = parent
+    return (gr.Dropdown(choices=other_choices(run_id, choices), value=other or chat.BASE),
+            *_run_changed(run_id, other or chat.BASE))
 
 
 def _chat(question, left_hist, right_hist, run_id, other, blind, system, temperature, top_p, max_new, seed,
@@ -243,7 +273,8 @@ def build(demo: gr.Blocks) -> None:
         # allow_custom_value: runs appear after the app starts; the handlers check the id themselves
         run_pick = gr.Dropdown([], label="Fine-tuned run", elem_id="chat-run", scale=3, allow_custom_value=True)
         other_pick = gr.Dropdown([BASE_CHOICE], value=chat.BASE, label="Compare against", elem_id="chat-other",
-                                 info="The base model, or another run on the same base model.", scale=3,
+                                 info="The base model, or another run on the same base model (a preference run: "
+                                      "its parent run, picked by default).", scale=3,
                                  allow_custom_value=True)
         refresh_btn = gr.Button("Refresh runs", scale=1)
     with gr.Row():
@@ -301,7 +332,7 @@ def build(demo: gr.Blocks) -> None:
                                                                  right_head, *buttons], api_name=f"vote_{choice}")
     examples.click(lambda sample: sample[0] if isinstance(sample, (list, tuple)) else sample, examples, question,
                    api_visibility="private")
-    run_pick.change(_run_changed, [run_pick, other_pick], [examples, tally], api_visibility="private")
+    run_pick.change(_run_picked, [run_pick, other_pick], [other_pick, examples, tally], api_visibility="private")
     other_pick.change(lambda r, o: tally_text(r, o), [run_pick, other_pick], tally, api_visibility="private")
     refresh_out = [run_pick, other_pick, examples, tally, notice]
     refresh_btn.click(_refresh, [run_pick, other_pick], refresh_out, api_name="chat_refresh")
