@@ -2,6 +2,7 @@
 several runs side by side, blind-review win rate, export, and a button that scores a run."""
 from __future__ import annotations
 
+import html
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,49 @@ def win_rate_row(run_id: str) -> list:
         return [label, "—", "—", "no votes yet (blind review in the Chat tab)"]
     note = f"{result['rated']} rated votes, 95% CI {result['ci_low']:.0%}–{result['ci_high']:.0%}"
     return [label, f"{1 - rate:.0%}", f"{rate:.0%}", note]
+
+
+def preference_html(run_id: str | None) -> str:
+    """For a preference run: the blind win rate against its parent (95% interval) and the held-out preference
+    accuracy; empty for any other run."""
+    from workbench.evaluation import preferences
+
+    if not run_id:
+        return ""
+    try:
+        parent = preferences.parent_of(run_id)
+    except Exception:  # noqa: BLE001 - an unreadable config: no preference section, the rest still shows
+        return ""
+    if not parent:
+        return ""
+    try:
+        won = preferences.parent_win_rate(run_id)
+        rate = (f"<b>{won['win_rate']:.0%}</b> (95% CI {won['ci_low']:.0%}–{won['ci_high']:.0%}) over {won['rated']} "
+                f"rated vote(s)" if won["win_rate"] is not None else "no rate yet")
+        win = f"{rate} — {html.escape(won['text'])}"
+    except Exception as e:  # noqa: BLE001 - an unreadable vote store must not hide the metrics
+        win = f"unavailable ({type(e).__name__}: {html.escape(str(e)[:80])})"
+    acc = preferences.read_preference_metrics(run_id)
+    if acc and acc.get("pairs"):
+        coarse = " (so few pairs that it can only read a few values: a demonstration)" if acc["pairs"] < 8 else ""
+        accuracy = (f"<b>{acc['accuracy']:.0%}</b> of {acc['pairs']} held-out pair(s){coarse}: how often this run's "
+                    f"implicit reward prefers the chosen answer · mean reward margin {acc['mean_margin']:+.3f} · the "
+                    f"parent alone gives the chosen answer the higher likelihood in "
+                    f"{_share(acc.get('reference_prefers_chosen'))}, this run in {_share(acc.get('policy_prefers_chosen'))}"
+                    f" · computed {html.escape(str(acc.get('computed_at', '')))}"
+                    + (f" on {html.escape(str(acc['device']))}" if acc.get("device") else ""))
+    elif acc:
+        accuracy = "no held-out pairs were kept for this run."
+    else:
+        accuracy = "not computed yet: press <b>Score preference accuracy</b> once the run has completed."
+    return (f"<div id='metrics-preference'><b>Preference run</b> tuned from parent <code>{html.escape(parent)}</code> "
+            f"(the parent's adapter was the frozen reference)."
+            f"<div id='metrics-parent-win'>Blind review, this run vs its parent: {win}</div>"
+            f"<div id='metrics-pref-accuracy'>Held-out preference accuracy: {accuracy}</div></div>")
+
+
+def _share(value) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) else "—"
 
 
 def summary_table(metrics: dict | None, run_id: str = "") -> pd.DataFrame:
@@ -271,8 +315,9 @@ def _render(run_id, query, order):
     predictions = evaluate.read_predictions(run_id) if metrics else []
     events, note = runs.events_with_note(run_id) if run_id else ([], "")  # note: bad lines were skipped
     note = f"<div class='wb-warn' id='metrics-events-note'>{note}</div>" if note else ""
+    pref = preference_html(run_id)
     return (notice_html(run_id, metrics) + note, summary_table(metrics, run_id or ""), metrics_chart(metrics),
-            loss_chart(events), examples_table(predictions, query, order))
+            loss_chart(events), examples_table(predictions, query, order), pref, gr.update(visible=bool(pref)))
 
 
 def _examples(run_id, query, order):
@@ -300,7 +345,8 @@ def _signature(run_id, listing) -> str:
     if run_id:
         try:
             folder = runs.run_path(run_id)
-            key += "|" + runs.change_marker(run_id) + "|" + _mtime(runs.RunFolder(folder).eval_progress)
+            key += ("|" + runs.change_marker(run_id) + "|" + _mtime(runs.RunFolder(folder).eval_progress)
+                    + "|" + _mtime(runs.RunFolder(folder).preference_metrics))
         except runs.RunError:
             key += "|gone"
     db = reviews.db_path()
@@ -315,7 +361,7 @@ def _poll(run_id, query, order, seen):
     listing = _listing()  # one pass over the runs serves both the change check and the refreshed lists
     key = _signature(run_id, listing)
     if key == seen:
-        return (gr.skip(),) * 10
+        return (gr.skip(),) * 12
     pick, compare = _pick_updates(run_id, listing)
     return (key, pick, compare, *_render(run_id, query, order), *evaluate_button(run_id))
 
@@ -334,6 +380,24 @@ def _evaluate(run_id, request: gr.Request, progress=gr.Progress()):
         raise gr.Error(str(e)) from None
     gr.Info(f"Scored {run_id}: perplexity {metrics['base']['perplexity']:.2f} → {metrics['tuned']['perplexity']:.2f}")
     return run_id
+
+
+def _score_preference(run_id, request: gr.Request, progress=gr.Progress()):
+    """Held-out preference accuracy of a preference run (the model loaded with its adapter and its parent's)."""
+    guard.require(request, "eval")
+    from workbench.evaluation import preferences
+
+    if not run_id:
+        raise gr.Error("Pick a preference run first (the runs list is above).")
+    progress(0.1, desc="Scoring the held-out pairs: loading the model with this run's and its parent's adapters…")
+    try:
+        result = preferences.preference_accuracy(run_id)
+    except (preferences.PreferenceError, runs.RunError) as e:
+        raise gr.Error(str(e)) from None
+    acc = result.get("accuracy")
+    gr.Info(f"Held-out preference accuracy of {run_id}: "
+            + (f"{acc:.0%} of {result['pairs']} pairs." if acc is not None else "no held-out pairs."))
+    return preference_html(run_id)
 
 
 def _export(run_id, fmt, request: gr.Request):
@@ -356,6 +420,10 @@ def build(demo: gr.Blocks) -> None:
         eval_btn = gr.Button("Evaluate", variant="primary", elem_id="metrics-evaluate", scale=1)
     eval_reason = gr.Markdown(elem_id="metrics-evaluate-reason")
     notice = gr.HTML(EMPTY, elem_id="metrics-notice")
+    with gr.Row():
+        pref_box = gr.HTML(elem_id="metrics-pref-box")
+        pref_btn = gr.Button("Score preference accuracy", elem_id="metrics-pref-score", visible=False, scale=0,
+                             min_width=220)
     summary = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="metrics-summary",
                            label="Base vs fine-tuned")
     with gr.Row():
@@ -382,7 +450,7 @@ def build(demo: gr.Blocks) -> None:
     seen = gr.State("")
     timer = gr.Timer(5.0)
 
-    view_out = [notice, summary, chart, losses, examples]
+    view_out = [notice, summary, chart, losses, examples, pref_box, pref_btn]
     private = {"api_visibility": "private"}
     run_pick.change(_render, [run_pick, search, order], view_out, **private).then(
         evaluate_button, run_pick, [eval_btn, eval_reason], **private)
@@ -398,6 +466,7 @@ def build(demo: gr.Blocks) -> None:
         _render, [run_pick, search, order], view_out, **private).then(
         evaluate_button, run_pick, [eval_btn, eval_reason], **private)
     export_btn.click(_export, [run_pick, fmt], files)
+    pref_btn.click(_score_preference, run_pick, pref_box, concurrency_limit=1, concurrency_id="metrics-eval")
     timer.tick(_poll, [run_pick, search, order, seen], [seen, run_pick, compare, *view_out, eval_btn, eval_reason],
                **private)
     demo.load(_refresh, run_pick, [run_pick, compare], **private).then(
