@@ -6,6 +6,8 @@ speed and memory do not depend on weight values).
   python bench/gpu_suite.py generate   # plain 4-bit generate: base, with adapter, mixed base+adapter batch
   python bench/gpu_suite.py scale      # 2+ GPUs: the seed recipe with one process per GPU vs one process
   python bench/gpu_suite.py small      # a SmolLM2-135M-shaped model: step speed with/without checkpointing, profile
+  python bench/gpu_suite.py small-fresh  # the embedded-gpu recipe on that shape: packed / compiled / plain, fresh
+                                         # processes (how long a recipe-search trial takes)
 
 Prints one JSON object per measurement. Needs CUDA.
 """
@@ -167,7 +169,8 @@ class GpuMemoryWatch:
         self.peak_gb = [peaks[i] for i in sorted(peaks)]
 
 
-def train_fresh_process(steps: int, processes: int, packing: str) -> dict:
+def train_fresh_process(steps: int, processes: int, packing: str, preset_name: str = "seed-mistral-7b-gpu",
+                        compile_mode: str = "auto") -> dict:
     """One run through the app's own command (`jobs.train_command`: `python -m workbench train --run ID`) in a
     fresh process, so nothing one variant patches (liger's module-level kernels, compiled layers) leaks into the
     next; with processes > 1 that command supervises `accelerate launch`, one rank per GPU."""
@@ -177,15 +180,17 @@ def train_fresh_process(steps: int, processes: int, packing: str) -> dict:
     from workbench.config import preset
     from workbench.training import jobs
 
-    cfg = preset("seed-mistral-7b-gpu")
-    cfg.name = f"scale-{packing}-{processes}p"
+    cfg = preset(preset_name)
+    cfg.name = f"{preset_name}-{packing}-{compile_mode}-{processes}p"
     cfg.model.name_or_path = str(MODEL_DIR)
     cfg.model.max_seq_length = 512
     cfg.data.source = "dbdemos"
     cfg.data.dbdemos_dir = os.environ.get("WORKBENCH_DBDEMOS_DIR", "")
     cfg.training.max_steps = steps
     cfg.training.logging_steps = 4
-    cfg.training.optimizer = "adamw_torch"
+    cfg.training.compile = compile_mode
+    if preset_name.startswith("seed-mistral"):
+        cfg.training.optimizer = "adamw_torch"  # the paged optimizers use managed memory; LoRA's states are small
     cfg.training.num_processes = processes
     cfg.training.packing = packing
     cfg.training.eval_steps = 10_000
@@ -207,6 +212,23 @@ def train_fresh_process(steps: int, processes: int, packing: str) -> dict:
         result["log_tail"] = runs.log_tail(run_id, 3000)
     print(json.dumps({k: v for k, v in result.items() if k not in ("log_tail",)}), flush=True)
     return result
+
+
+def small_bench(steps: int) -> None:
+    """The embedded-gpu preset's recipe (all-linear r64, 16 examples a step, no checkpointing, paged 8-bit AdamW)
+    on a SmolLM2-135M-shaped model, each variant a fresh process: the packed default (liger kernels when installed),
+    packed + compiled, and the plain padded path. How long a recipe-search trial takes on the GPU."""
+    build_random_small()
+    out = {"bench": "small", "steps": steps, "variants": {}}
+    for name, packing, compile_mode in (("packed (default)", "auto", "auto"), ("packed + compile", "auto", "on"),
+                                        ("plain padded", "off", "off")):
+        r = train_fresh_process(steps, 1, packing, preset_name="embedded-gpu", compile_mode=compile_mode)
+        r["seconds_per_step"] = round(r["wall_s"] / max(1, r["steps"]), 3)
+        out["variants"][name] = r
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("tokens_per_s", "wall_s", "state", "losses")}
+                      for k, v in out["variants"].items()}), flush=True)
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / "small_speed.json").write_text(json.dumps(out, indent=1))
 
 
 def scale_bench(steps: int) -> None:
@@ -297,6 +319,8 @@ def main() -> None:
     steps = int(os.environ.get("BENCH_STEPS", "20"))
     if what == "small":
         return profile_small(steps)
+    if what == "small-fresh":
+        return small_bench(steps)
     build_random_mistral()
     if what == "scale":  # needs 2+ GPUs (nvidia-h200-x2): tokens/s of N processes vs 1, same recipe and data
         return scale_bench(steps)

@@ -67,6 +67,30 @@ def test_budget_and_last_evaluation_rules_say_what_to_fix():
         search.create_search(base, trials=2)
 
 
+def test_short_trials_train_a_fixed_number_of_steps_and_use_trains_the_whole_recipe():
+    """--trial-steps: each trial is a short run evaluated four times (so the pruner can act after a quarter of it),
+    epochs are not searched (they change nothing at a fixed number of steps), and the full run keeps the schedule."""
+    base = preset("embedded-gpu")
+    assert base.training.max_steps == 0 and base.training.epochs == 3.0
+    with pytest.raises(search.SearchError, match="Steps per trial"):
+        search.create_search(base, trials=2, trial_steps=-1)
+    search_id = search.create_search(base, trials=4, trial_steps=200)
+    data = search.read_search(search_id)
+    assert data["budget"]["trial_steps"] == 200 and "training.epochs" not in data["space"]
+    trial = search.short_trial(search.apply(base, {"lora.r": 16}), 200)
+    t = trial.training
+    assert (t.max_steps, t.eval_steps, t.save_steps, t.save_strategy) == (200, 50, 200, "steps")
+    assert trial.validate() == [] and trial.lora.r == 16
+    odd = search.short_trial(preset("embedded-gpu"), 30)  # the last evaluation still falls on the last step
+    assert odd.training.max_steps % odd.training.eval_steps == 0 and odd.training.max_steps >= 28
+    capped = search.short_trial(preset("quick-demo-cpu"), 200)  # never longer than the recipe itself
+    assert capped.training.max_steps <= 32
+    data["trials"] = [{"number": 0, "state": "completed", "params": {"lora.r": 64}, "eval_loss": 1.0, "run_id": "x"}]
+    (search.folder(search_id) / "search.json").write_text(json.dumps(data))
+    full = search.trial_config(search_id, 0)
+    assert (full.training.max_steps, full.training.epochs, full.lora.r) == (0, 3.0, 64)  # the whole schedule
+
+
 def test_one_search_at_a_time_and_not_while_a_run_trains():
     base = preset("quick-demo-cpu")
     # A run holds the training slot (this process stands in for its trainer: a live pid).

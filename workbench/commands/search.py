@@ -32,6 +32,10 @@ def register(sub) -> None:
                                                          "--minutes). Default 6.")
     p.add_argument("--minutes", type=float, default=0, help="Budget: stop after this many minutes (0 = no limit); a "
                                                             "trial still running then is stopped.")
+    p.add_argument("--trial-steps", type=int, default=0,
+                   help="Budget per trial: train each trial this many optimizer steps (evaluated 4 times, bad ones "
+                        "pruned after the first), then `--use` trains the chosen recipe's whole schedule. 0 = every "
+                        "trial trains the whole recipe.")
     p.add_argument("--trial", type=int, help="With --use: this trial instead of the best one.")
     p.add_argument("--background", action="store_true", help="Start the search in the background and return at once.")
     p.add_argument("--json", action="store_true", help="With --list or --show: print JSON.")
@@ -80,13 +84,13 @@ def run_search_command(args) -> int:
         base = _config_from_args(args)
         space = _space(args.space)
         if args.background:
-            search_id = search.start_search(base, space, args.trials, args.minutes)
+            search_id = search.start_search(base, space, args.trials, args.minutes, args.trial_steps)
             print(f"started search {search_id} in the background; follow it with "
                   f"`python -m workbench search --show {search_id}`")
             return 0
         with runs.slot_lock():
             search._refuse_if_busy()
-            search_id = search.create_search(base, space, args.trials, args.minutes)
+            search_id = search.create_search(base, space, args.trials, args.minutes, args.trial_steps)
         print(f"search {search_id} in {search.folder(search_id)}")
         state = search.run_search(search.folder(search_id))
         _show(search, search.read_search(search_id), False)

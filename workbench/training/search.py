@@ -118,18 +118,23 @@ def active_search() -> str | None:
 
 # -- start, stop, use ------------------------------------------------------------------------------
 
-def create_search(base: RunConfig, space: dict | None = None, trials: int = 6, minutes: float = 0) -> str:
+def create_search(base: RunConfig, space: dict | None = None, trials: int = 6, minutes: float = 0,
+                  trial_steps: int = 0) -> str:
+    """A queued search. `trial_steps` > 0 makes every trial a short run of that many optimizer steps (evaluated four
+    times, so bad recipes are pruned early); the full run of the chosen recipe ('use') trains the whole schedule."""
     problems = base.validate()
     if problems:
         raise SearchError("The starting configuration has problems: " + " ".join(problems))
     if trials < 0 or minutes < 0 or (trials == 0 and minutes == 0):
         raise SearchError("Give the search a budget: a number of trials (e.g. --trials 6), minutes (--minutes 60), "
                           "or both.")
+    if trial_steps < 0:
+        raise SearchError(f"Steps per trial must be 0 (each trial trains the whole recipe) or more; got {trial_steps}.")
     t = base.training
-    if t.max_steps and t.eval_steps and t.max_steps % t.eval_steps:
+    if not trial_steps and t.max_steps and t.eval_steps and t.max_steps % t.eval_steps:
         raise SearchError(f"A trial is scored by its last eval loss, so the last evaluation must come at the end: set "
                           f"training.max_steps ({t.max_steps}) to a multiple of training.eval_steps ({t.eval_steps}).")
-    space = normalize_space(base, space)
+    space = normalize_space(base, space, short_trials=trial_steps > 0)
     search_id = f"search-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     n = 1
     while folder(f"{search_id}-{n}" if n > 1 else search_id, must_exist=False).exists():
@@ -138,7 +143,8 @@ def create_search(base: RunConfig, space: dict | None = None, trials: int = 6, m
     path = folder(search_id, must_exist=False)
     path.mkdir(parents=True)
     _write(path, {"id": search_id, "state": "queued", "created_at": runs.now_iso(), "reason": "",
-                  "budget": {"trials": int(trials), "minutes": float(minutes)}, "space": space,
+                  "budget": {"trials": int(trials), "minutes": float(minutes), "trial_steps": int(trial_steps)},
+                  "space": space,
                   "sampler": "every combination" if trials and size(space) <= trials else "TPE",
                   "base": base.to_dict(), "trials": [], "best": None})
     return search_id
@@ -157,11 +163,12 @@ def search_command(search_id: str) -> list[str]:
     return [sys.executable, "-m", "workbench", "search", "--search-dir", str(folder(search_id))]
 
 
-def start_search(base: RunConfig, space: dict | None = None, trials: int = 6, minutes: float = 0) -> str:
+def start_search(base: RunConfig, space: dict | None = None, trials: int = 6, minutes: float = 0,
+                 trial_steps: int = 0) -> str:
     """Create a search and start its process in the background; refused while a run trains or a search runs."""
     with runs.slot_lock():
         _refuse_if_busy()
-        search_id = create_search(base, space, trials, minutes)
+        search_id = create_search(base, space, trials, minutes, trial_steps)
         path = folder(search_id)
         with open(path / "search.log", "a") as log:
             subprocess.Popen(search_command(search_id), cwd=paths.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -238,7 +245,7 @@ class _Trials:
                   "step": 0, "total_steps": 0, "reason": ""}
         self.data["trials"].append(record)
         self.save()
-        cfg = apply(self.base, params)
+        cfg = short_trial(apply(self.base, params), self.data["budget"].get("trial_steps", 0))
         cfg.name, cfg.eval.run_after_training = f"{self.data['id']}-trial-{trial.number}", False  # scored by loss
         proc = self._start(cfg, trial.number, record)
         if proc is None:
@@ -337,6 +344,20 @@ class _Trials:
         with runs.slot_lock():
             if jobs.active_run() is None:
                 jobs._claim(run_id, os.getpid())
+
+
+def short_trial(cfg: RunConfig, steps: int) -> RunConfig:
+    """A trial capped at `steps` optimizer steps (its learning-rate schedule fitted to them), evaluated every quarter
+    so the pruner can stop a bad recipe after a quarter of its budget; checkpoints only at the end. 0 = unchanged."""
+    if not steps:
+        return cfg
+    t = cfg.training
+    steps = min(steps, t.max_steps) if t.max_steps else steps
+    every = max(1, steps // 4)
+    t.max_steps = every * max(1, round(steps / every))  # the last evaluation falls on the last step
+    t.eval_steps = every
+    t.save_strategy, t.save_steps = "steps", t.max_steps
+    return cfg
 
 
 class _TrialFailed(RuntimeError):

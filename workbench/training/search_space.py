@@ -34,13 +34,14 @@ def recipe_params(cfg: RunConfig, space: dict) -> dict:
     return {k: own[k] for k in space}
 
 
-def normalize_space(base: RunConfig, space: dict | None = None) -> dict:
-    """Choices per searched setting: the given (or default) ones plus the base recipe's own value, sorted, typed."""
+def normalize_space(base: RunConfig, space: dict | None = None, short_trials: bool = False) -> dict:
+    """Choices per searched setting: the given (or default) ones plus the base recipe's own value, sorted, typed.
+    Epochs are not searched when steps are fixed: by max_steps, or by short trials of a fixed number of steps."""
     given = dict(DEFAULT_SPACE if space is None else space)
     unknown = [k for k in given if k not in KINDS]
     if unknown:
         raise SearchError(f"Cannot search {', '.join(unknown)}; searchable settings are {', '.join(KINDS)}.")
-    if base.training.max_steps > 0:  # a fixed number of steps: epochs change nothing
+    if base.training.max_steps > 0 or short_trials:  # a fixed number of steps: epochs change nothing
         given.pop("training.epochs", None)
     own = recipe_params(base, given)
     out = {}

@@ -13,8 +13,9 @@ from workbench.training import jobs
 from workbench.training import search
 from workbench.ui import guard
 
-INTRO = ("**Find a recipe.** Not sure which LoRA settings suit your data? The search trains several short variants "
-         "of the recipe above, one after another (each is a normal run: it appears in the Run list with its curve), "
+INTRO = ("**Find a recipe.** Not sure which LoRA settings suit your data? The search trains several variants of the "
+         "recipe above, one after another (each is a normal run: it appears in the Run list with its curve; set "
+         "*steps per trial* to make each variant a short run instead of the whole schedule), "
          "scores each by its loss on the held-out questions, and stops a variant early when it falls behind the "
          "others. Trial 0 is the recipe above as it is, so the best trial is at least as good as what you have. "
          "Then **Use this recipe** trains the winner in full and scores it. Like training, one search at a time.")
@@ -31,6 +32,8 @@ def status_html(data: dict | None) -> str:
     budget = data.get("budget", {})
     limit = " and ".join(x for x in (f"{budget['trials']} trials" if budget.get("trials") else "",
                                      f"{budget['minutes']:g} min" if budget.get("minutes") else "") if x)
+    if budget.get("trial_steps"):
+        limit += f", {budget['trial_steps']} steps each"
     so_far = " so far" if state in search.ACTIVE else ""
     found = f" · best{so_far}: trial {best['number']}, eval loss {best['eval_loss']:.4f}" if best else ""
     reason = f"<div class='wb-warn'>{html.escape(data['reason'])}</div>" if data.get("reason") else ""
@@ -94,6 +97,9 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
             trials = gr.Number(6, precision=0, label="Budget: at most this many trials", elem_id="search-trials")
             minutes = gr.Number(0, label="Budget: minutes (0 = no limit; a trial running then is stopped)",
                                 elem_id="search-minutes")
+            trial_steps = gr.Number(0, precision=0, elem_id="search-trial-steps",
+                                    label="Steps per trial (0 = each trial trains the whole recipe; e.g. a quarter "
+                                          "of it makes a search ~4x quicker, then Use this recipe trains it in full)")
         groups = []
         with gr.Row():
             for name, (label, choices) in CHOICES.items():
@@ -117,12 +123,12 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
     timer = gr.Timer(2.0)
     private = {"api_visibility": "private"}
 
-    def start(request: gr.Request, trials_n, minutes_n, layers, ranks, rates, epochs, *config):
+    def start(request: gr.Request, trials_n, minutes_n, steps_n, layers, ranks, rates, epochs, *config):
         guard.require(request, "train")
         try:
             cfg = _base_config(config)
             search_id = search.start_search(cfg, _space(layers, ranks, rates, epochs), int(trials_n or 0),
-                                            float(minutes_n or 0))
+                                            float(minutes_n or 0), int(steps_n or 0))
         except ConfigError as e:
             raise gr.Error(" ".join(e.messages)) from None
         except (search.SearchError, jobs.JobError, runs.RunError, DataError) as e:
@@ -151,7 +157,7 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
         return (f"Started run **{run_id}** with trial {trial if trial not in (None, '') else 'best'}'s settings; it "
                 f"is scored when it ends. Its progress is below; the Run list above shows it after a refresh."), run_id
 
-    start_btn.click(start, [trials, minutes, *groups, *config_inputs], [search_pick, seen], api_name="search_start",
+    start_btn.click(start, [trials, minutes, trial_steps, *groups, *config_inputs], [search_pick, seen], api_name="search_start",
                     concurrency_limit=1, concurrency_id="train-start")
     stop_btn.click(stop, search_pick, None, api_name="search_stop")
     use_btn.click(use, [search_pick, trial_pick], [used, promoted], api_name="search_use", concurrency_limit=1,
