@@ -38,6 +38,12 @@ READ_ONLY_VIEWS = {
     # issue 18 (reviewed): the recipe panel's line for the run "Use this recipe" started reads that run's status.json
     # (the id comes from the session's own state and is validated as a run id); it writes nothing.
     "_full_run_view",
+    # issue 17 (reviewed): the preference views read the review store and run folders and write nothing; reviewers'
+    # names are left out for visitors. _vote_pairs: pairs from the votes (a run id, validated, or all runs);
+    # _vote_runs: the run list; _pick_kind: a preset name; _preference_view/_preference_preview: the parent runs and
+    # what a preference run would train on (votes, or the server-chosen saved preference file); _run_picked: the
+    # chat opponent list (a preference run's parent).
+    "_vote_pairs", "_vote_runs", "_pick_kind", "_preference_view", "_preference_preview", "_run_picked",
 }
 
 
@@ -196,3 +202,19 @@ def test_walking_every_event_as_visitor_and_reviewer_reads_no_server_file_and_ch
     assert snapshot(server.home) == before, "a visitor's or reviewer's call changed files on the server"
     unreviewed = visitor_ran - READ_ONLY_VIEWS
     assert not unreviewed, f"visitors can run handlers never reviewed as read-only: {sorted(unreviewed)}"
+
+
+def test_preference_file_endpoint_is_role_checked_and_confined(server):
+    """Issue 17: a preference file is read only from the data folders or as a real upload, by admins; the export and
+    the Train tab's pairs name no path (the saved preference file's path is chosen by the server)."""
+    bob, alice = login(server, "bob"), login(server, "alice")
+    deps, _ = app_config(alice)
+    load = endpoint(deps, "_load_pair_file")["id"]
+    ok, text = raw_call(bob, load, ["file path", str(server.secret), None, "", "", ""])
+    assert not ok and "Only admins may load data" in text and SECRET not in text
+    for args in (["file path", str(server.secret), None], ["file path", str(server.link), None],
+                 ["upload", "", file_data(server.secret)], ["upload", "", file_data(server.link)]):
+        ok, text = raw_call(alice, load, [*args, "", "", ""])
+        assert SECRET not in text, args
+        assert not ok or "wb-error" in text, (args, text[-600:])  # Gradio refuses a server path as an upload itself
+    assert not (server.home / "data" / "preferences").exists()  # nothing was saved from a refused file
