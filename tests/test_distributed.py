@@ -41,6 +41,13 @@ def test_two_processes_train_one_run_with_synchronized_adapters_and_stop_resume(
     log = (run_dir / "train.log").read_text()
     assert "rank 0: completed" in log and "rank 1: completed" in log
     assert runs.read_events(run_id)[-1]["epoch"] == pytest.approx(1.5)
+    # Each process's memory is in the events (rank order), and the Train tab's progress line shows both.
+    last = runs.read_events(run_id)[-1]
+    assert len(last["cpu_mem_gb_ranks"]) == 2 and last["cpu_mem_gb"] == max(last["cpu_mem_gb_ranks"])
+    from workbench.training import events as events_mod
+    from workbench.ui import run_view
+
+    assert "(2 processes)" in run_view.memory_text(events_mod.fold(runs.read_events(run_id)))
     # Gradients were averaged: after the last step the two replicas' LoRA weights are bit-identical.
     replicas = distributed.replicas(run_dir)
     assert [r["rank"] for r in replicas] == [0, 1] and all(r["step"] == 6 for r in replicas)

@@ -53,6 +53,17 @@ def test_state_events_and_eval_best():
     assert progress.get("points", 0) == 0  # eval-only events add no training-loss point
 
 
+def test_memory_of_each_process_is_folded_and_shown_per_gpu():
+    from workbench.ui.run_view import memory_text
+
+    one = reduce({}, {"step": 1, "loss": 2.0, "gpu_mem_gb": 9.07})
+    assert memory_text(one) == "GPU 9.1 GB"
+    two = reduce({}, {"step": 4, "loss": 2.0, "gpu_mem_gb": 11.5, "gpu_mem_gb_ranks": [11.5, 10.95]})
+    assert two["gpu_mem_gb_ranks"] == [11.5, 10.95] and memory_text(two) == "GPU 11.5 / 10.9 GB (2 GPUs)"
+    bad = reduce({}, {"step": 4, "loss": 2.0, "cpu_mem_gb": 1.0, "cpu_mem_gb_ranks": ["x", None]})
+    assert "cpu_mem_gb_ranks" not in bad and memory_text(bad) == "RAM 1.0 GB"  # a damaged list is ignored
+
+
 def test_no_eta_without_total_or_when_done():
     assert fold([log(3, loss=1.0)])["eta_s"] is None
     assert fold([log(10, loss=1.0)], {"total_steps": 10})["eta_s"] is None

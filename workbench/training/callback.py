@@ -77,6 +77,10 @@ class RunCallback(TrainerCallback):
             event["tokens_per_s"] = round((tokens - tok0) / max(now - t0, 1e-6), 1)
             self.last_log = (now, tokens)
         event.update(memory())
+        if distributed.world_size() > 1:  # every rank logs at the same steps: one gather of each one's memory
+            key = "gpu_mem_gb" if "gpu_mem_gb" in event else "cpu_mem_gb"
+            per_rank = [round(v[0], 3) for v in distributed.gather_numbers([event[key]])]
+            event[f"{key}_ranks"], event[key] = per_rank, max(per_rank)
         self.run.append_event(event)
         self.run.write_status(step=state.global_step, total_steps=state.max_steps, epoch=event["epoch"],
                               last_loss=event.get("loss"))

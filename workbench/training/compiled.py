@@ -19,8 +19,6 @@ do not compile by default: there the per-example reference attention breaks the 
 """
 from __future__ import annotations
 
-MODES = ("auto", "on", "off")
-
 
 def wanted(cfg, device: str, packed: bool) -> bool:
     """Whether this run compiles its layers: 'on' wherever it packs, 'off' never, 'auto' on CUDA with packing when

@@ -116,6 +116,20 @@ def agree(*flags: bool) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def gather_numbers(values: list[float]) -> list[list[float]]:
+    """Every rank's `values`, in rank order (one collective); [values] in a single process."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [list(values)]
+    device = torch.device("cuda", local_device_index()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return [t.tolist() for t in every]
+
+
 def lora_digest(model) -> str:
     """sha256 over the LoRA weights, in name order: equal on every rank when gradients are synchronized."""
     h = hashlib.sha256()

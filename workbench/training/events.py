@@ -56,6 +56,10 @@ def reduce(status: dict, event: dict) -> dict:
         out[key] = value
         if key == "eval_loss" and value < out.get("best_eval_loss", math.inf):
             out["best_eval_loss"] = value
+    for key in ("gpu_mem_gb_ranks", "cpu_mem_gb_ranks"):  # several processes: each one's memory, rank order
+        ranks = event.get(key)
+        if isinstance(ranks, list) and ranks and all(_number(v) is not None for v in ranks):
+            out[key] = [_number(v) for v in ranks]
     if "loss" in event:
         out["points"] = out.get("points", 0) + 1
     out["eta_s"] = _eta(out)

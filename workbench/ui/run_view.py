@@ -12,6 +12,18 @@ from workbench.training import events as events_mod
 from workbench.evaluation import evaluate
 
 
+def memory_text(progress: dict) -> str:
+    """Peak memory as the progress line shows it: one figure, or one per process (per GPU) for a several-process run."""
+    for key, label in (("gpu_mem_gb", "GPU"), ("cpu_mem_gb", "RAM")):
+        ranks = progress.get(f"{key}_ranks")
+        if ranks and len(ranks) > 1:
+            each = " / ".join(f"{v:.1f}" for v in ranks)
+            return f"{label} {each} GB ({len(ranks)} {'GPUs' if label == 'GPU' else 'processes'})"
+        if key in progress:
+            return f"{label} {progress[key]:.1f} GB"
+    return ""
+
+
 def progress_html(status: dict, events: list[dict], scoring: dict | None = None) -> str:
     p = events_mod.fold(events, status)  # the pure fold of the run's events (tested without a UI)
     state = p.get("state", "no run")
@@ -20,8 +32,7 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
     eta = estimate.eta_seconds(events, step, total) if state == "running" else None  # from the measured pace
     per_step = estimate.measured_seconds_per_step(events)
     pace = f" · {per_step:.1f} s/step" if per_step else ""
-    mem = f"GPU {p['gpu_mem_gb']:.1f} GB" if "gpu_mem_gb" in p else (
-        f"RAM {p['cpu_mem_gb']:.1f} GB" if "cpu_mem_gb" in p else "")
+    mem = memory_text(p)
     color = {"failed": "#dc2626", "completed": "#16a34a", "interrupted": "#d97706"}.get(state, "#2563eb")
     notes = [n for n in (p.get("reason"), p.get("nonfinite") and f"Warning: {p['nonfinite']}") if n]
     if state in ("queued", "running") and not step and not events:
