@@ -79,3 +79,24 @@ def test_a_database_from_before_the_rule_is_migrated_keeping_its_duplicates_asid
     with pytest.raises(reviews.ReviewError, match="vote #1"):
         reviews.record_vote("ann", "q", "base", RUN, "a", "b", "left")
     assert reviews.record_vote("cy", "q", "base", RUN, "a", "b", "left") == 5
+
+
+def test_a_new_database_busy_in_another_process_is_waited_for_not_a_lost_vote(tmp_path):
+    """Seen in CI: eight first votes at once on a new database, and one process failed with 'database is locked'
+    from the switch to WAL mode, which SQLite refuses at once (no busy wait) while another connection holds the
+    database. A vote now waits for it like for any other write."""
+    import threading
+
+    path = tmp_path / "reviews.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    release = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        with closing(reviews.connect(path)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        release.join()
+        holder.close()
