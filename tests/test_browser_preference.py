@@ -90,13 +90,16 @@ def test_votes_become_pairs_a_preference_run_and_a_blind_comparison_with_its_par
     page.locator("#train-kind").get_by_text("Preference tuning (DPO").click()
     expect(page.locator("#train-pref-parent input")).to_have_value(PARENT, timeout=30_000)
     expect(page.locator("#train-pref-preview")).to_contain_text("enough to run, too few to trust")
-    expect(page.locator("#train-new-cli code")).to_have_text("python -m workbench train --preset preference-cpu")
+    # the command line names the picked parent (pairs: the votes, the default)
+    expect(page.locator("#train-new-cli code")).to_have_text(
+        f"python -m workbench train --preset preference-cpu --parent {PARENT}", timeout=30_000)
     page.locator("#train-settings").get_by_text("Settings (each explained)").click()  # 2 of the preset's 8 steps: a
     steps = page.get_by_label("Stop after steps (0 = all epochs)")                  # shared 2-core CPU is slow
     steps.fill("2")
     steps.press("Tab")
     expect(page.locator("#train-new-cli code")).to_have_text(
-        "python -m workbench train --preset preference-cpu --set training.max_steps=2", timeout=30_000)
+        f"python -m workbench train --preset preference-cpu --parent {PARENT} --set training.max_steps=2",
+        timeout=30_000)
     page.locator("#train-start").click()
     expect(page.locator("#train-pref-line")).to_contain_text(PARENT, timeout=60_000)  # the new run is shown
     expect(page.locator("#train-state")).to_have_text("completed", timeout=240_000)

@@ -65,6 +65,8 @@ def test_budget_and_last_evaluation_rules_say_what_to_fix():
     base.training.max_steps, base.training.eval_steps = 7, 3
     with pytest.raises(search.SearchError, match="multiple of training.eval_steps"):
         search.create_search(base, trials=2)
+    with pytest.raises(search.SearchError, match="Pick a fine-tuning preset"):  # not "name a parent run"
+        search.create_search(preset("preference-cpu"), trials=2)
 
 
 def test_short_trials_train_a_fixed_number_of_steps_and_use_trains_the_whole_recipe():

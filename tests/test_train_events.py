@@ -132,6 +132,13 @@ def test_cli_for_config_round_trips_through_the_cli_parser():
     command = jobs.cli_for_config(cfg)
     args = build_parser().parse_args(shlex.split(command)[3:])
     assert _config_from_args(args) == cfg
+    # a preference run's command names its parent (and a pairs file) with their own options, not --set
+    pref = preset("preference-cpu")
+    pref.preference.parent_run, pref.preference.pairs = "20250101-000000-parent", "/srv/prefs.jsonl"
+    pref.preference.beta = 0.2
+    command = jobs.cli_for_config(pref)
+    assert "--parent 20250101-000000-parent --pairs /srv/prefs.jsonl" in command and "parent_run" not in command
+    assert _config_from_args(build_parser().parse_args(shlex.split(command)[3:])) == pref
 
 
 def test_vocabulary_size_is_read_from_the_model_config_not_hard_coded(tmp_path):

@@ -119,8 +119,14 @@ def cli_for_config(cfg: RunConfig) -> str:
     prefix = "" if cfg.preset in PRESETS else "python -m workbench config > config.yaml && "
     cmd = ["python", "-m", "workbench", "train"] + (["--preset", cfg.preset] if not prefix else
                                                      ["--config", "config.yaml"])
+    skip = {"preset"}
+    if cfg.kind == "preference":  # the parent and the pairs have their own options
+        cmd += ["--parent", cfg.preference.parent_run or "PARENT_RUN_ID"]
+        if cfg.preference.pairs and cfg.preference.pairs != "votes":
+            cmd += ["--pairs", cfg.preference.pairs]
+        skip |= {"kind", "preference.parent_run", "preference.pairs"}
     for name, _, value in iter_fields(cfg):
-        if name != "preset" and value != base.get(name):
+        if name not in skip and value != base.get(name):
             text = ", ".join(map(str, value)) if isinstance(value, list) else \
                 json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) \
                 else str(value)

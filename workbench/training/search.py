@@ -122,6 +122,9 @@ def create_search(base: RunConfig, space: dict | None = None, trials: int = 6, m
                   trial_steps: int = 0) -> str:
     """A queued search. `trial_steps` > 0 makes every trial a short run of that many optimizer steps (evaluated four
     times, so bad recipes are pruned early); the full run of the chosen recipe ('use') trains the whole schedule."""
+    if getattr(base, "kind", "sft") == "preference":
+        raise SearchError("The recipe search tunes a fine-tuning recipe (LoRA layers, rank, learning rate) scored by "
+                          "held-out loss; it does not search preference runs. Pick a fine-tuning preset first.")
     problems = base.validate()
     if problems:
         raise SearchError("The starting configuration has problems: " + " ".join(problems))

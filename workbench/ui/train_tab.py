@@ -148,12 +148,19 @@ def dataset_text(data_choice, preset_name="quick-demo-cpu") -> str:
             f"cleaning steps applied when the run starts.{saved}</div>")
 
 
-def _estimate_text(model, preset_name, data_choice, *values):
-    """The estimate (or what to fix) and the command line that starts the same run."""
+def _estimate_text(parent, pairs_choice, model, preset_name, data_choice, *values):
+    """The estimate (or what to fix) and the command line that starts the same run (a preference run's with the
+    parent and pairs picked under Preference tuning)."""
     try:
         cfg = training_config(model, preset_name, data_choice, values)
     except ConfigError as e:
         return f"<div class='wb-error'>{'<br>'.join(e.messages)}</div>", gr.skip()
+    if cfg.kind == "preference":
+        cfg.preference.parent_run = str(parent or "")
+        try:
+            cfg.preference.pairs = preference_panel.pairs_setting(pairs_choice)
+        except DataError:  # no preference file loaded: the preview beside it says so
+            cfg.preference.pairs = "votes"
     problems = cfg.validate()
     gpu, total = estimate.detected_gpu()
     meta = workspace.manifest() if data_choice == DATA_TAB else None
@@ -386,9 +393,10 @@ def build(demo: gr.Blocks) -> None:
         return key, choice, dataset_text(choice, preset_name)
 
     estimate_in = [model, preset_pick, data_choice, *form]
+    cli_in = [pref_parent, pref_source, *estimate_in]
     preset_pick.change(load_preset, preset_pick, form, **private)
-    for comp in (model, preset_pick, data_choice, *form):
-        comp.change(_estimate_text, estimate_in, [estimate_md, new_cli], **private)
+    for comp in (model, preset_pick, data_choice, *form, pref_parent, pref_source):
+        comp.change(_estimate_text, cli_in, [estimate_md, new_cli], **private)
     for comp in (preset_pick, data_choice):
         comp.change(dataset_text, [data_choice, preset_pick], data_md, **private)
     pref_io = ([preset_pick, pref_parent, pref_source], [kind_pick, pref_group, pref_parent, pref_preview])
@@ -415,6 +423,6 @@ def build(demo: gr.Blocks) -> None:
         return pick, table, comp
 
     demo.load(on_load, None, [run_pick, history, compare], **private).then(
-        _estimate_text, estimate_in, [estimate_md, new_cli], **private).then(
+        _estimate_text, cli_in, [estimate_md, new_cli], **private).then(
         dataset_text, [data_choice, preset_pick], data_md, **private).then(_preference_view, *pref_io, **private)
     search_panel.build(demo, estimate_in)  # "Find a recipe": a search starts from these same settings
