@@ -288,18 +288,6 @@ def _score_held_out(run: runs.RunFolder, cfg: RunConfig, model, tokenizer) -> No
 
 def main(run_dir: Path, resume: bool) -> int:
     """The training process of a preference run: the one slot, then train."""
-    from workbench.training import jobs
+    from workbench.training.recipe import in_the_slot
 
-    run_id = run_dir.name
-    try:
-        jobs.claim_slot_for_current_process(run_id)
-    except jobs.JobError as e:
-        runs.write_status(run_id, state="failed", reason=str(e), ended_at=runs.now_iso())
-        print(f"error: {e}")
-        return 1
-    try:
-        state = run_preference_training(run_dir, resume)
-    finally:
-        jobs.release_slot(run_id)
-    print(f"run {run_id}: {state}")
-    return 0 if state in ("completed", "stopped") else 1
+    return in_the_slot(run_dir.name, lambda: run_preference_training(run_dir, resume))

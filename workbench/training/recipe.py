@@ -291,6 +291,20 @@ def main(run_dir: Path, resume: bool) -> int:
         state = run_training(run_dir, resume)
         print(f"run {run_id} rank {distributed.rank()}: {state}")
         return 0 if state in ("completed", "stopped") else 1
+
+    def train() -> str:
+        try:
+            processes = distributed.processes_for(runs.load_run_config(run_id))
+        except Exception:  # noqa: BLE001 - run_training reports a config it cannot read, as 'failed'
+            processes = 1
+        return run_supervised(run_dir, resume, processes) if processes > 1 else run_training(run_dir, resume)
+
+    return in_the_slot(run_id, train)
+
+
+def in_the_slot(run_id: str, train) -> int:
+    """A training process's frame (SFT and preference runs alike): claim the one training slot for this process (or
+    end the run as 'failed' with why), call `train()` -> final state, release the slot. Returns the exit code."""
     try:
         jobs.claim_slot_for_current_process(run_id)
     except jobs.JobError as e:
@@ -298,11 +312,7 @@ def main(run_dir: Path, resume: bool) -> int:
         print(f"error: {e}")
         return 1
     try:
-        try:
-            processes = distributed.processes_for(runs.load_run_config(run_id))
-        except Exception:  # noqa: BLE001 - run_training reports a config it cannot read, as 'failed'
-            processes = 1
-        state = run_supervised(run_dir, resume, processes) if processes > 1 else run_training(run_dir, resume)
+        state = train()
     finally:
         jobs.release_slot(run_id)
     print(f"run {run_id}: {state}")
