@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 from workbench import runs
 from workbench.chat.fast_layers import (  # noqa: F401 (fg._dense, fg.Unsupported, fg.kv_bytes are used by callers)
     GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, dense_bytes, kv_bytes)
+from workbench.chat.fast_state import Slots, State, stack_slots
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 WINDOW = 256  # attention-window bucket of the decode graphs (tokens)
@@ -69,55 +70,6 @@ class _Layer:
     eps2: float
     w: dict  # group -> dense weight [out, in]
     b: dict  # group -> bias or None
-
-
-@dataclass
-class _Slots:
-    names: tuple  # adapter name per slot
-    rank: int
-    groups: tuple  # groups any slot's adapter targets
-    a: dict  # (layer, group) -> [in, S*M*R]
-    bm: dict  # (layer, group) -> [S*M*R, out]
-    scale: dict  # (layer, group) -> [S*M*R]
-
-
-class _State:
-    """Static buffers for one batch shape: KV cache, step inputs, LoRA row gates, captured graphs."""
-
-    def __init__(self, engine, rows: int, length: int, slots: _Slots | None):
-        import torch
-
-        dev, e = engine.device, engine
-        self.rows, self.length, self.slots = rows, length, slots
-        self.k = [torch.zeros(rows, e.kv_heads, length, e.head_dim, dtype=e.dtype, device=dev) for _ in e.layers]
-        self.v = [torch.zeros_like(t) for t in self.k]
-        self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)
-        self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
-        self.cache_pos = torch.zeros(1, dtype=torch.long, device=dev)
-        self.valid = torch.ones(rows, length, dtype=torch.bool, device=dev)
-        self.arange = torch.arange(length, device=dev)
-        self.gate = {}  # (layer, group) -> [rows, S*M*R] row gate x scale
-        if slots is not None:
-            for key, scale in slots.scale.items():
-                self.gate[key] = torch.zeros(rows, scale.numel(), dtype=scale.dtype, device=dev)
-        self.graphs: dict[int, tuple] = {}  # attention window -> (graph, logits buffer)
-        self.slot_of_row: tuple | None = None
-
-    def set_rows(self, slot_of_row: list[int]) -> None:
-        """Which slot (-1 = no adapter) each row uses: fills the per-row LoRA gates in place."""
-        import torch
-
-        if self.slots is None or tuple(slot_of_row) == self.slot_of_row:
-            return
-        n = len(self.slots.names)
-        for key, scale in self.slots.scale.items():
-            width = scale.numel() // n
-            sel = torch.zeros(self.rows, scale.numel(), dtype=scale.dtype, device=scale.device)
-            for row, slot in enumerate(slot_of_row):
-                if slot >= 0:
-                    sel[row, slot * width:(slot + 1) * width] = 1
-            self.gate[key].copy_(sel * scale)
-        self.slot_of_row = tuple(slot_of_row)
 
 
 class FastEngine:
@@ -174,90 +126,36 @@ class FastEngine:
             self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
         self.compiled = bool(compile_layers)
         self.compile_error = ""
-        self._states: dict[tuple, _State] = {}
-        self._slots: _Slots | None = None
+        self._states: dict[tuple, State] = {}
+        self._slots: Slots | None = None
         self.lock = threading.Lock()
 
     # -- adapters --------------------------------------------------------------------------
 
-    def _lora_module(self, layer_idx, parent, name):
-        return getattr(getattr(self._modules[layer_idx], parent), name)
-
-    def _slots_for(self, names: tuple) -> _Slots | None:
-        """Stack the named adapters' LoRA weights into slot buffers (reused when the names repeat)."""
-        import torch
-
+    def _slots_for(self, names: tuple) -> Slots | None:
+        """The named adapters stacked into slot buffers (reused when the names repeat)."""
         if not names:
             return None
         if self._slots is not None and self._slots.names == names:
             return self._slots
-        rank, groups = 0, set()
-        for i in range(len(self.layers)):
-            for group, (parent, members) in GROUPS.items():
-                for m in members:
-                    mod = self._lora_module(i, parent, m)
-                    lora_a = getattr(mod, "lora_A", None)
-                    for name in names:
-                        if lora_a is not None and name in lora_a:
-                            if name in getattr(mod, "lora_variant", {}) or getattr(mod, "use_dora", {}).get(name):
-                                raise Unsupported("DoRA / LoRA variants")
-                            if getattr(mod, "lora_bias", {}).get(name):
-                                raise Unsupported("LoRA bias")
-                            rank = max(rank, lora_a[name].weight.shape[0])
-                            groups.add(group)
-        for name in names:  # LoRA on modules the engine does not run (embeddings, lm_head) -> plain path
-            core = _core(self.model_ref())
-            for mod_name, mod in core.named_modules():
-                if hasattr(mod, "lora_A") and name in getattr(mod, "lora_A", {}) and not any(
-                        mod_name.endswith(f"{p}.{m}") for p, ms in GROUPS.values() for m in ms):
-                    raise Unsupported(f"LoRA on {mod_name}")
-                if name in getattr(mod, "modules_to_save", {}) or (
-                        hasattr(mod, "lora_embedding_A") and name in getattr(mod, "lora_embedding_A", {})):
-                    raise Unsupported(f"trained module {mod_name}")
-        if not groups:
+        slots = stack_slots(self.model_ref(), self._modules, self.layers, names, self.device)
+        if slots is None:
             return None
-        a, bm, scale = {}, {}, {}
-        n = len(names)
-        for i in range(len(self.layers)):
-            for group in sorted(groups):
-                parent, members = GROUPS[group]
-                w = self.layers[i].w[group]
-                outs = [_base_linear(self._lora_module(i, parent, m)).out_features for m in members]
-                width = len(members) * rank
-                a_ = torch.zeros(w.shape[1], n * width, dtype=torch.float32, device=self.device)
-                b_ = torch.zeros(n * width, w.shape[0], dtype=torch.float32, device=self.device)
-                s_ = torch.zeros(n * width, dtype=torch.float32, device=self.device)
-                dtype = None
-                for si, name in enumerate(names):
-                    off_out = 0
-                    for mi, m in enumerate(members):
-                        mod = self._lora_module(i, parent, m)
-                        if hasattr(mod, "lora_A") and name in mod.lora_A:
-                            wa, wb = mod.lora_A[name].weight, mod.lora_B[name].weight  # [r, in], [out, r]
-                            dtype = wa.dtype
-                            r, k0 = wa.shape[0], si * width + mi * rank
-                            a_[:, k0:k0 + r] = wa.detach().t().float()
-                            b_[k0:k0 + r, off_out:off_out + outs[mi]] = wb.detach().t().float()
-                            s_[k0:k0 + r] = float(mod.scaling[name])
-                        off_out += outs[mi]
-                dtype = dtype or torch.float32  # peft runs LoRA in the adapter weights' dtype
-                a[(i, group)], bm[(i, group)], scale[(i, group)] = a_.to(dtype), b_.to(dtype), s_.to(dtype)
-        self._slots = _Slots(names, rank, tuple(sorted(groups)), a, bm, scale)
+        self._slots = slots
         self._states = {k: s for k, s in self._states.items() if s.slots is None}  # drop old-slot graphs
         return self._slots
 
     # -- the model ---------------------------------------------------------------------------
 
-    def _lora_args(self, st: _State, i: int, group: str):
+    def _lora_args(self, st: State, i: int, group: str):
         key = (i, group)
         if st.slots is None or key not in st.slots.a:
             return None, None, None
         return st.slots.a[key], st.slots.bm[key], st.gate[key]
 
-    def _forward(self, st: _State, ids, pos, mask, window: int | None):
+    def _forward(self, st: State, ids, pos, mask, window: int | None):
         """Logits of the last position. window=None: prefill of ids [B,T] at cache 0..T-1 with mask
         [B,1,T,T]; else one decode step at st.cache_pos attending to cache[:window] (mask [B,1,1,window])."""
-        import torch
         import torch.nn.functional as F
 
         x = F.embedding(ids, self.embed)
@@ -289,11 +187,11 @@ class FastEngine:
         h = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return F.linear(h, self.lm_head).float()
 
-    def _decode_step(self, st: _State, window: int):
+    def _decode_step(self, st: State, window: int):
         mask = (st.valid[:, :window] & (st.arange[:window] <= st.cache_pos)).view(st.rows, 1, 1, window)
         return self._forward(st, st.tok, st.pos, mask, window)
 
-    def _graph(self, st: _State, window: int):
+    def _graph(self, st: State, window: int):
         """The decode step for this attention window as a CUDA graph (captured on first use)."""
         import torch
 
@@ -318,7 +216,7 @@ class FastEngine:
         st.graphs[window] = (graph, logits)
         return st.graphs[window]
 
-    def _state(self, rows: int, length: int, slots: _Slots | None) -> _State:
+    def _state(self, rows: int, length: int, slots: Slots | None) -> State:
         key = (rows, length, slots.names if slots else ())
         st = self._states.get(key)
         if st is None:
@@ -329,7 +227,7 @@ class FastEngine:
                 import torch
 
                 torch.cuda.empty_cache()
-            st = self._states[key] = _State(self, rows, length, slots)
+            st = self._states[key] = State(self, rows, length, slots)
         return st
 
     # -- generation ----------------------------------------------------------------------------
