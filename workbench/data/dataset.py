@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +32,15 @@ GUESSES = {
 
 def guess_mapping(columns) -> dict:
     """{record_field: column} from common names; instruction and output are required."""
+    return guess_columns_by_name(columns, GUESSES)
+
+
+def guess_columns_by_name(columns, guesses: dict) -> dict:
+    """{target: column}: for each target, the first of its common names present (case-insensitive), each column used
+    once."""
     lower = {str(c).lower().strip(): c for c in columns}
     mapping: dict = {}
-    for target, names in GUESSES.items():
+    for target, names in guesses.items():
         for name in names:
             if name in lower and lower[name] not in mapping.values():
                 mapping[target] = lower[name]

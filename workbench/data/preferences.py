@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench import paths, safety
-from workbench.data.dataset import _as_text, _reject_nested
+from workbench.data.dataset import _as_text, _reject_nested, guess_columns_by_name
 from workbench.data.loading import DataError, load_table, normalize
 
 # Below 8 pairs a preference run is refused: the held-out share (a quarter, at least 2 pairs) must leave at least 6
@@ -159,14 +159,7 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 def guess_columns(columns) -> dict:
     """{prompt|chosen|rejected: column} from common names (case-insensitive)."""
-    lower = {str(c).lower().strip(): c for c in columns}
-    mapping: dict = {}
-    for target, names in GUESSES.items():
-        for name in names:
-            if name in lower and lower[name] not in mapping.values():
-                mapping[target] = lower[name]
-                break
-    return mapping
+    return guess_columns_by_name(columns, GUESSES)
 
 
 def pairs_source(source: str, server: bool = True) -> Path:

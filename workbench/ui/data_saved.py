@@ -7,16 +7,6 @@ from workbench.data import workspace
 from workbench.ui import guard
 
 
-def _may(request, action: str) -> bool:
-    from workbench.deploy import access
-
-    try:
-        access.require(action, guard.username(request))
-    except access.AccessDenied:
-        return False
-    return True
-
-
 def save_current(state) -> dict:
     """The session's table becomes the saved training dataset (workspace: a server-chosen file)."""
     steps = [s for group in state.get("steps") or [] for s in group]
@@ -33,7 +23,7 @@ def _autosave(state, request: gr.Request = None):
     A read-only visitor's table stays in their browser session only."""
     if state.get("table") is None or state.get("pending"):
         return gr.skip()
-    if not _may(request, "train"):
+    if not guard.may(request, "train"):
         return "*Read-only view: this table is not saved as the training dataset (admins only).*"
     return _saved_text(save_current(state))
 

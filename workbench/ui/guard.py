@@ -49,6 +49,15 @@ def require(request: gr.Request | None, action: str) -> str | None:
     return name
 
 
+def may(request: gr.Request | None, action: str) -> bool:
+    """Whether the caller may do `action` (for views that show more to some roles; actions use `require`)."""
+    try:
+        access.require(action, username(request))
+    except access.AccessDenied:
+        return False
+    return True
+
+
 def role(request: gr.Request | None) -> str:
     try:
         return access.role_of(username(request))

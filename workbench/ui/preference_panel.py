@@ -28,16 +28,6 @@ TABLE_HEADERS = ["id", "prompt", "chosen", "rejected", "votes", "reviewer", "cho
 VOTES, DATA_FILE = "Votes on the parent run", "The Data tab's preference file"
 
 
-def _may(request, action: str) -> bool:
-    from workbench.deploy import access
-
-    try:
-        access.require(action, guard.username(request))
-    except access.AccessDenied:
-        return False
-    return True
-
-
 def _cut(text, width=CELL) -> str:
     text = " ".join(str(text or "").split())
     return text if len(text) <= width else text[:width].rstrip() + "…"
@@ -107,7 +97,7 @@ def _vote_pairs(run_pick, request: gr.Request = None):
         report = _votes_report(run_id)
     except runs.RunError as e:
         raise gr.Error(str(e)) from None
-    names = _may(request, "vote")  # reviewers' names are for reviewers and admins, not for read-only visitors
+    names = guard.may(request, "vote")  # reviewers' names are for reviewers and admins, not for read-only visitors
     source = f"the blind votes on {run_id}" if run_id else "all blind votes"
     state = {"pairs": report["pairs"], "name": f"pairs-{run_id or 'all-runs'}.jsonl"}
     return state, report_md(report, source, names), pairs_table(report["pairs"], names), gr.skip(), gr.skip()

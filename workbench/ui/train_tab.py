@@ -311,11 +311,11 @@ def _preference_view(preset_name, parent, source, request: gr.Request = None):
     choices = preference_panel.parent_choices()
     parent = parent if parent in choices else (choices[0] if choices else None)
     return (gr.update(value=KINDS[1]), gr.update(visible=True), gr.update(choices=choices, value=parent),
-            preference_panel.preview_html(parent, source, names=preference_panel._may(request, "vote")))
+            preference_panel.preview_html(parent, source, names=guard.may(request, "vote")))
 
 
 def _preference_preview(parent, source, request: gr.Request = None):
-    return preference_panel.preview_html(parent, source, names=preference_panel._may(request, "vote"))
+    return preference_panel.preview_html(parent, source, names=guard.may(request, "vote"))
 
 
 def build(demo: gr.Blocks) -> None:
