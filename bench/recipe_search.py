@@ -13,13 +13,15 @@ Meant for the GPU machine, with the embedded model available there (BENCHMARKS.m
 Without --trial-steps every trial is a full run of its recipe (the embedded-gpu preset's schedule: 3 epochs, 16
 examples a step), and the seed's and the found recipe's own trial runs are scored. On the H200 such a trial takes
 ~6 minutes (measured: an 8-minute budget finished one trial), so the proof uses short trials (--trial-steps) and
-then trains the seed's and the found recipe's full runs, exactly as `search --use` starts them.
+then trains the seed's and the found recipe's full runs, exactly as `search --use` starts them. The seed's full run
+does not depend on the search, so it trains at the same time as the search (its own WORKBENCH_HOME, same GPU).
 Goal (issue 18): the found recipe beats the seed's relative gains on all five metrics; perplexity <= -45% and
 ROUGE-2 >= +75%.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -92,10 +94,53 @@ def full_run(search_id: str, trial: dict, short: bool) -> tuple[str, float | Non
     return run_id, (round(losses[-1], 5) if losses else None)
 
 
-def recipe_result(search_id: str, trial: dict, short: bool) -> dict:
+@contextlib.contextmanager
+def home(path: str):
+    """Run folders under another WORKBENCH_HOME for a while (the seed's full run trains beside the search)."""
+    old = os.environ["WORKBENCH_HOME"]
+    os.environ["WORKBENCH_HOME"] = path
+    try:
+        yield
+    finally:
+        os.environ["WORKBENCH_HOME"] = old
+
+
+def start_seed_beside(base) -> tuple[str, str, subprocess.Popen]:
+    """With short trials the seed recipe's full run does not depend on the search: train it at the same time, in
+    its own WORKBENCH_HOME (the single training slot is per home) on the same GPU — the small model is bound by
+    kernel launches, not by the GPU, so both go at nearly full speed. Returns (home, run id, process)."""
+    from workbench.training import jobs
+
+    beside = tempfile.mkdtemp(prefix="recipe-search-seed-")
+    with home(beside):
+        run_id = jobs.create_run(base)
+        log = open(os.path.join(beside, "seed-run.log"), "w")
+        proc = subprocess.Popen(jobs.train_command(run_id), cwd=REPO, text=True, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ})
+    print(f"seed recipe's full run {run_id} training beside the search (pid {proc.pid})", flush=True)
+    return beside, run_id, proc
+
+
+def seed_result(beside: str, run_id: str, proc: subprocess.Popen, seed_trial: dict) -> dict:
     from workbench import runs
 
+    proc.wait()
+    with home(beside):
+        state = runs.read_status(run_id).get("state")
+        if proc.returncode != 0 or state != "completed":
+            raise SystemExit(f"the seed recipe's full run ended '{state}':\n{runs.log_tail(run_id, 3000)}")
+        losses = [e["eval_loss"] for e in runs.read_events(run_id) if "eval_loss" in e]
+        return scored(run_id, seed_trial, round(losses[-1], 5) if losses else None)
+
+
+def recipe_result(search_id: str, trial: dict, short: bool) -> dict:
     run_id, eval_loss = full_run(search_id, trial, short)
+    return scored(run_id, trial, eval_loss)
+
+
+def scored(run_id: str, trial: dict, eval_loss: float | None) -> dict:
+    from workbench import runs
+
     metrics = score(run_id)
     return {"trial": trial["number"], "run": run_id, "settings": settings(runs.load_run_config(run_id)),
             "trial_eval_loss": trial["eval_loss"], "eval_loss": eval_loss, "change_pct": metrics["change_pct"],
@@ -128,6 +173,8 @@ def main() -> int:
     base = base_config(args)
     base.training.device = args.device
     started = time.time()
+    short = args.trial_steps > 0
+    beside = start_seed_beside(base) if short else None
     search_id = search.create_search(base, None, args.trials, args.minutes, args.trial_steps)
     print(f"search {search_id} in {search.folder(search_id)}", flush=True)
     state = search.run_search(search.folder(search_id))
@@ -136,12 +183,18 @@ def main() -> int:
     seed_trial = next((t for t in data["trials"] if t["number"] == 0 and t["state"] == "completed"), None)
     found_trial = search.best_trial(data)
     if state not in ("completed", "stopped") or seed_trial is None or found_trial is None:
+        if beside:
+            beside[2].kill()
         print(f"search ended '{state}' without a completed seed trial and best trial: {data.get('reason')}",
               file=sys.stderr)
         return 1
-    short = args.trial_steps > 0
-    seed = recipe_result(search_id, seed_trial, short)
-    found = seed if found_trial["number"] == 0 else recipe_result(search_id, found_trial, short)
+    if beside:  # the found recipe's full run trains while the seed's finishes (if it has not yet)
+        found = None if found_trial["number"] == 0 else recipe_result(search_id, found_trial, short)
+        seed = seed_result(*beside, seed_trial)
+        found = found or seed
+    else:
+        seed = recipe_result(search_id, seed_trial, short)
+        found = seed if found_trial["number"] == 0 else recipe_result(search_id, found_trial, short)
     # A change is None where the base scored 0 (no % change exists): such a metric cannot count as beaten.
     gains = {k: (-1 if k == "perplexity" else 1) * (found["change_pct"][k] - seed["change_pct"][k])
              if found["change_pct"][k] is not None and seed["change_pct"][k] is not None else None
@@ -151,7 +204,8 @@ def main() -> int:
         "gpu": _gpu_name(), "model": base.model.name_or_path, "smoke": args.smoke,
         "budget": {"trials": args.trials, "minutes": args.minutes, "trial_steps": args.trial_steps,
                    "sampler": data["sampler"], "search_wall_s": wall, "wall_s": round(time.time() - started, 1),
-                   "space": data["space"], "eval_examples": args.eval_examples},
+                   "space": data["space"], "eval_examples": args.eval_examples,
+                   "seed_full_run_beside_search": bool(beside)},
         "trials": [{k: t.get(k) for k in ("number", "state", "params", "eval_loss", "step", "total_steps", "run_id",
                                           "reason")} for t in data["trials"]],
         "seed_recipe": seed, "found_recipe": found,
