@@ -84,10 +84,16 @@ def _rotate_half(x):
 
 
 def _proj(x, w, b, a, bm, gate):
-    """Linear layer with optional per-row LoRA: y = xW^T + b + (((x32 @ A) * gate) @ B).to(y.dtype)."""
+    """Linear layer with optional per-row LoRA: y = xW^T + b + (((x32 @ A) * gate) @ B).to(y.dtype). `w` is a dense
+    matrix, or the 4-bit weights as (packed, absmax, code, blocksize) for the NF4 kernel (workbench.chat.nf4_gemv)."""
     import torch.nn.functional as F
 
-    y = F.linear(x, w, b)
+    if isinstance(w, tuple):
+        from workbench.chat import nf4_gemv
+
+        y = nf4_gemv.linear(x, *w, b)
+    else:
+        y = F.linear(x, w, b)
     if a is not None:
         t = (x.to(a.dtype) @ a) * gate.unsqueeze(1)
         y = y + (t @ bm).to(y.dtype)
