@@ -19,8 +19,30 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_processes_train_one_run_with_synchronized_adapters_and_stop_resume():
+    two_ranks_stop_resume_complete({})
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_one_run_stop_resume_and_show_memory_per_gpu():
+    """The same run on nvidia-h200-x2: one process per GPU through NCCL, the 4-bit model placed per rank, a stop and a
+    resume, replicas agreeing, and the progress line showing each GPU's memory."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs a machine with 2+ GPUs (nvidia-h200-x2)")
+    run_id = two_ranks_stop_resume_complete({"training.device": "cuda"})
+    last = runs.read_events(run_id)[-1]
+    assert len(last["gpu_mem_gb_ranks"]) == 2 and all(v > 0 for v in last["gpu_mem_gb_ranks"])
+    from workbench.training import events as events_mod
+    from workbench.ui import run_view
+
+    assert "(2 GPUs)" in run_view.memory_text(events_mod.fold(runs.read_events(run_id)))
+
+
+def two_ranks_stop_resume_complete(overrides: dict) -> str:
     cfg = tiny_config(steps=6, **{"training.num_processes": 2, "training.batch_size": 2,
-                                  "data.max_train_examples": 16})
+                                  "data.max_train_examples": 16, **overrides})
+    cuda = cfg.training.device == "cuda"
     run_id = jobs.start_run(cfg)
     run_dir = runs.run_path(run_id)
     wait_for(lambda: len(steps_of(run_id)) >= 2, timeout=300)
@@ -43,11 +65,12 @@ def test_two_processes_train_one_run_with_synchronized_adapters_and_stop_resume(
     assert runs.read_events(run_id)[-1]["epoch"] == pytest.approx(1.5)
     # Each process's memory is in the events (rank order), and the Train tab's progress line shows both.
     last = runs.read_events(run_id)[-1]
-    assert len(last["cpu_mem_gb_ranks"]) == 2 and last["cpu_mem_gb"] == max(last["cpu_mem_gb_ranks"])
-    from workbench.training import events as events_mod
-    from workbench.ui import run_view
+    if not cuda:
+        assert len(last["cpu_mem_gb_ranks"]) == 2 and last["cpu_mem_gb"] == max(last["cpu_mem_gb_ranks"])
+        from workbench.training import events as events_mod
+        from workbench.ui import run_view
 
-    assert "(2 processes)" in run_view.memory_text(events_mod.fold(runs.read_events(run_id)))
+        assert "(2 processes)" in run_view.memory_text(events_mod.fold(runs.read_events(run_id)))
     # Gradients were averaged: after the last step the two replicas' LoRA weights are bit-identical.
     replicas = distributed.replicas(run_dir)
     assert [r["rank"] for r in replicas] == [0, 1] and all(r["step"] == 6 for r in replicas)
@@ -60,3 +83,4 @@ def test_two_processes_train_one_run_with_synchronized_adapters_and_stop_resume(
     # Rank 0 saved the final adapter, and it was trained (LoRA B starts at zero).
     weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert any(float(t.abs().sum()) > 0 for name, t in weights.items() if "lora_B" in name)
+    return run_id
