@@ -135,16 +135,15 @@ def levers(engine, prompt, lever: dict) -> None:
                                                                                  repeats=1)
     finally:
         engine.use_graphs = True
-    if engine.nf4:  # the decode steps from the dense bf16 copy instead of the 4-bit weights (the previous default)
+    if not engine.nf4:  # the NF4 decode kernel (off by default: workbench/chat/nf4_gemv.py) in the whole engine
         from workbench.chat import fast_generate as fg
 
-        os.environ["WORKBENCH_FAST_NF4"] = "0"
+        os.environ["WORKBENCH_FAST_NF4"] = "1"
         try:
-            dense = fg.FastEngine(engine.model_ref())
-            lever["decode from the dense bf16 copy (NF4 kernel off), 2 rows + LoRA"] = engine_rate(
-                dense, prompt, [None, "tuned"])
-            lever["decode from the dense bf16 copy, 2 rows without LoRA"] = engine_rate(dense, prompt, [None, None])
-            del dense
+            other = fg.FastEngine(engine.model_ref())
+            lever["decode from the 4-bit weights (NF4 kernel on), 2 rows + LoRA"] = engine_rate(
+                other, prompt, [None, "tuned"])
+            del other
         finally:
             os.environ.pop("WORKBENCH_FAST_NF4", None)
     emit(bench="lever", engine_decodes_from="4-bit weights (NF4 kernel)" if engine.nf4 else "dense bf16 copy")

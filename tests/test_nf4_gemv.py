@@ -1,6 +1,7 @@
 """The NF4 decode kernel (workbench.chat.nf4_gemv) multiplies by exactly the weights bitsandbytes dequantizes.
 
-CPU: the packed form (q/k/v and gate/up fused, nested absmax dequantized once) of the real embedded model decodes to
+The kernel is off by default (measured slower than the dense copy at 2 rows on an H200: BENCHMARKS.md); these
+tests keep its arithmetic right for when it is turned on (WORKBENCH_FAST_NF4=1). CPU: the packed form (q/k/v and gate/up fused, nested absmax dequantized once) of the real embedded model decodes to
 the engine's dense copy bit for bit, and the engine on the 4-bit path (its CPU reference op) gives the dense path's
 greedy tokens exactly. `gpu`: the Triton kernel against the dense product on real bitsandbytes weights (one-hot rows
 give the decoded weights themselves, bit for bit; random rows agree up to float32 summation order), and the engine's
@@ -82,6 +83,15 @@ def test_engine_on_the_4bit_path_gives_the_dense_paths_tokens(fresh_bf16, monkey
         peft_model.unload()
 
 
+def test_kernel_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv("WORKBENCH_FAST_NF4", raising=False)
+    assert not nf4_gemv.enabled("cuda") and not nf4_gemv.enabled("cpu")
+    monkeypatch.setenv("WORKBENCH_FAST_NF4", "1")
+    assert not nf4_gemv.enabled("cpu")  # the CPU runs the reference op only for tests (=all)
+    monkeypatch.setenv("WORKBENCH_FAST_NF4", "all")
+    assert nf4_gemv.enabled("cpu")
+
+
 def test_config_covers_every_shape():
     for rows in (1, 2, 8):
         for n, k in ((6144, 4096), (4096, 14336), (28672, 4096), (576, 576), (1536, 576), (100, 64)):
@@ -140,6 +150,7 @@ def test_cuda_engine_decodes_from_4bit_weights_like_the_dense_copy(tmp_path, mon
     import torch
 
     model = _small_cuda_model(tmp_path)
+    monkeypatch.setenv("WORKBENCH_FAST_NF4", "1")  # off by default (it did not pay on the H200); on for this check
     engine = fg.FastEngine(model)
     assert engine.nf4 and engine.use_graphs
     g = torch.Generator().manual_seed(2)

@@ -133,8 +133,8 @@ class FastEngine:
         self.lock = threading.Lock()
 
     def _pack_4bit(self, modules) -> bool:
-        """Decode steps of up to nf4_gemv.MAX_ROWS rows multiply from the 4-bit weights (4x fewer bytes a step than
-        the dense copy) when every layer is bitsandbytes NF4 and the kernel can run here."""
+        """With WORKBENCH_FAST_NF4=1 (off by default: slower than the dense copy on an H200, see nf4_gemv), decode
+        steps of up to nf4_gemv.MAX_ROWS rows multiply from the 4-bit weights when every layer is bitsandbytes NF4."""
         from workbench.chat import nf4_gemv
 
         if not nf4_gemv.enabled(self.device):

@@ -14,18 +14,24 @@ so a run is deterministic).
 
 `linear(x, packed, absmax, code, blocksize)` is a torch custom op (so torch.compile and CUDA graphs take it as
 one opaque call): Triton on CUDA, the reference (dequantize, then F.linear) elsewhere, which the CPU tests use.
-`WORKBENCH_FAST_NF4=0` turns the kernel off (the engine then decodes from its dense copy, as before).
+
+**Off by default: measured, it did not pay** (bench/nf4_sweep.py on an H200, BENCHMARKS.md). At 2 rows cuBLAS
+already streams the dense bf16 copy at 3.5-4.1 TB/s (113 us per Mistral-7B layer); this kernel's best tile shape
+reads the 4-bit bytes at only ~0.3 TB/s (371 us per layer): decoding each weight exactly (nibble, table, scale,
+bf16 rounding) costs more instructions per byte than the SMs can issue at that bandwidth. `WORKBENCH_FAST_NF4=1`
+turns it on for CUDA (experiments), `=all` also on a CPU (the reference op; tests).
 """
 from __future__ import annotations
 
 import os
 
-MAX_ROWS = 8  # rows up to which the engine's decode step uses this kernel (the chat's 2 columns; eval uses dense)
+MAX_ROWS = 8  # rows up to which the engine's decode step uses this kernel when on (chat's 2 columns; eval: dense)
 _OP = None
 
 
 def enabled(device) -> bool:
-    if os.environ.get("WORKBENCH_FAST_NF4", "1") == "0":
+    mode = os.environ.get("WORKBENCH_FAST_NF4", "0")
+    if mode == "0":
         return False
     if getattr(device, "type", device) != "cuda":
         return os.environ.get("WORKBENCH_FAST_NF4") == "all"  # CPU: the reference op (tests)
@@ -80,11 +86,11 @@ def dequantize(packed, absmax, code, blocksize: int, dtype):
 
 
 def config(rows: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, SPLIT_K, warps) for a shape: enough programs to keep every SM streaming (K split when
-    N alone gives too few), tiles of 256 inputs. Deterministic (no timing), so the sums' order is the same in every
-    process (bench/nf4_sweep.py measured the choices)."""
-    bn, bk = 8, 256 if k >= 256 else 64
-    return bn, bk, 1, 4
+    """(BLOCK_N, BLOCK_K, SPLIT_K, warps) for a shape: the fastest tile shape of bench/nf4_sweep.py on the H200 for
+    every Mistral-7B layer (4 outputs x 512 inputs a tile, no split-K, 4 warps; split-K 2 or 4 within 2%), with
+    shorter tiles for short rows. Deterministic (no timing), so the sums' order is the same in every process."""
+    bk = 512 if k >= 512 else 256 if k >= 256 else 64
+    return 4, bk, 1, 4
 
 
 def _kernel():
