@@ -15,6 +15,12 @@ if [ -d .whl ] && [ ! -f /tmp/site/.installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && touch /tmp/site/.installed
 fi
+# The training-speed peer (bench/unsloth_peer.py): Unsloth and its needs, carried in .whl_unsloth/ (48 MB: a call
+# of its own), installed apart in /tmp/peer so they never reach the workbench's own variants.
+if [ -d .whl_unsloth ] && [ ! -f /tmp/peer/.installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/peer \
+    .whl_unsloth/*.whl && touch /tmp/peer/.installed
+fi
 [ -d .carry/dbdemos ] && cp -r .carry/dbdemos .carry/tok /tmp/data/
 [ -f .carry/g1/part_aa ] && cp .carry/g1/part_aa /tmp/data/
 if [ -f .carry/g2/part_ab ] && [ -f /tmp/data/part_aa ]; then

@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 3 steps of the default path")
     parser.add_argument("--variants", action="store_true", help="also the large-GPU preset with and without kernels")
     parser.add_argument("--large-gpu", action="store_true", help="also the large-GPU preset (no checkpointing)")
+    parser.add_argument("--peer-site", default="", help="a folder holding the Unsloth wheels installed (--target): "
+                        "also measure Unsloth on the seed recipe's batches, in a fresh process (bench/unsloth_peer.py)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     os.environ.setdefault("WORKBENCH_HOME", "/tmp/wb-speed")
@@ -278,6 +280,8 @@ def main() -> None:
     if have_kernels:  # the previous default: packed, eager, liger kernels
         results["workbench_eager_kernels"] = run_variant(cache, eager("workbench-eager-kernels"), False, True)
 
+    if args.peer_site:
+        results["unsloth"] = peer(args.peer_site, args.steps)
     seed, ours = results["seed"], results["workbench"]
     n = min(len(seed["losses"]), len(ours["losses"]))
     diffs = [abs(a - b) / abs(a) for a, b in zip(seed["losses"][:n], ours["losses"][:n])]
@@ -290,6 +294,11 @@ def main() -> None:
     summary = {"gpu": gpu, "seed_tokens_per_s": seed["tokens_per_s"], "workbench_tokens_per_s": ours["tokens_per_s"],
                "ratio": ratio, "seed_peak_gb": seed["peak_gb"], "workbench_peak_gb": ours["peak_gb"],
                "loss_match": loss_match, "command": command.strip()}
+    if "unsloth" in results:
+        u = results["unsloth"]
+        summary["peer_unsloth"] = {k: u.get(k) for k in ("unsloth", "state", "tokens_per_s", "peak_gb", "error")}
+        if u.get("tokens_per_s") and seed["tokens_per_s"]:
+            summary["peer_unsloth"]["ratio_vs_seed"] = round(u["tokens_per_s"] / seed["tokens_per_s"], 2)
     detail = {"versions": versions, "gpu": gpu, "model": "Mistral-7B shape (MistralConfig, random bf16 weights), "
               "4-bit NF4 double-quant, vocab 49152 (SmolLM2 tokenizer), seq 512, dbdemos data",
               "pack_budget_note": "tokens per forward from free VRAM (packing.token_budget)",
@@ -304,8 +313,22 @@ def main() -> None:
                      {"loss_match": {k: loss_match[k] for k in ("steps", "max_rel_diff", "match")}}), flush=True)
     for name, r in results.items():
         base = seed["tokens_per_s"] or 1
-        print(f"{name:24s} {r['tokens_per_s'] or 0:>9.1f} tok/s  {(r['tokens_per_s'] or 0) / base:5.2f}x  "
-              f"peak {r['peak_gb']:6.2f} GB  steps {r['steps']}  {r['state']}", flush=True)
+        print(f"{name:24s} {r.get('tokens_per_s') or 0:>9.1f} tok/s  {(r.get('tokens_per_s') or 0) / base:5.2f}x  "
+              f"peak {r.get('peak_gb') or 0:6.2f} GB  steps {r.get('steps')}  {r['state']}", flush=True)
+
+
+def peer(site: str, steps: int) -> dict:
+    """Unsloth on the seed recipe's batches, in a fresh process (its import patches transformers/peft)."""
+    import subprocess
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="peer-")) / "unsloth.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "unsloth_peer.py"), "--steps", str(steps), "--out",
+                           str(out)], env=env, cwd=ROOT, text=True, capture_output=True)
+    if out.is_file():
+        return json.loads(out.read_text())
+    return {"variant": "unsloth", "state": "failed", "error": f"exit {done.returncode}: {done.stderr[-1500:]}"}
 
 
 if __name__ == "__main__":
