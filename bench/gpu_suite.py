@@ -169,16 +169,9 @@ class GpuMemoryWatch:
         self.peak_gb = [peaks[i] for i in sorted(peaks)]
 
 
-def train_fresh_process(steps: int, processes: int, packing: str, preset_name: str = "seed-mistral-7b-gpu",
-                        compile_mode: str = "auto") -> dict:
-    """One run through the app's own command (`jobs.train_command`: `python -m workbench train --run ID`) in a
-    fresh process, so nothing one variant patches (liger's module-level kernels, compiled layers) leaks into the
-    next; with processes > 1 that command supervises `accelerate launch`, one rank per GPU."""
-    import subprocess
-
-    from workbench import runs
+def fresh_config(steps: int, processes: int, packing: str, preset_name: str = "seed-mistral-7b-gpu",
+                 compile_mode: str = "auto"):
     from workbench.config import preset
-    from workbench.training import jobs
 
     cfg = preset(preset_name)
     cfg.name = f"{preset_name}-{packing}-{compile_mode}-{processes}p"
@@ -196,14 +189,17 @@ def train_fresh_process(steps: int, processes: int, packing: str, preset_name: s
     cfg.training.eval_steps = 10_000
     cfg.training.save_strategy, cfg.training.save_steps, cfg.training.save_every_minutes = "steps", 10_000, 0
     cfg.eval.run_after_training = False
-    run_id = jobs.create_run(cfg)
-    t0 = time.time()
-    done = subprocess.run(jobs.train_command(run_id), capture_output=True, text=True)
+    return cfg
+
+
+def fresh_result(run_id: str, cfg, returncode: int, t0: float) -> dict:
+    from workbench import runs
+
     status = runs.read_status(run_id)
     events = [e for e in runs.read_events(run_id) if "loss" in e]
     rates = [e["tokens_per_s"] for e in events if e["step"] > 4 and e.get("tokens_per_s")]  # after warm-up/compile
-    result = {"processes": processes, "packing": packing, "compile": cfg.training.compile, "state": status.get("state"),
-              "exit_code": done.returncode, "steps": events[-1]["step"] if events else 0,
+    result = {"processes": cfg.training.num_processes, "packing": cfg.training.packing, "compile": cfg.training.compile,
+              "state": status.get("state"), "exit_code": returncode, "steps": events[-1]["step"] if events else 0,
               "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
               "tokens_per_s_all": [e.get("tokens_per_s") for e in events], "wall_s": round(time.time() - t0, 1),
               "replicas_agree": status.get("replicas_agree"), "reason": status.get("reason", ""),
@@ -212,6 +208,55 @@ def train_fresh_process(steps: int, processes: int, packing: str, preset_name: s
         result["log_tail"] = runs.log_tail(run_id, 3000)
     print(json.dumps({k: v for k, v in result.items() if k not in ("log_tail",)}), flush=True)
     return result
+
+
+def train_fresh_process(steps: int, processes: int, packing: str, preset_name: str = "seed-mistral-7b-gpu",
+                        compile_mode: str = "auto") -> dict:
+    """One run through the app's own command (`jobs.train_command`: `python -m workbench train --run ID`) in a
+    fresh process, so nothing one variant patches (liger's module-level kernels, compiled layers) leaks into the
+    next; with processes > 1 that command supervises `accelerate launch`, one rank per GPU."""
+    import subprocess
+
+    from workbench.training import jobs
+
+    cfg = fresh_config(steps, processes, packing, preset_name, compile_mode)
+    run_id = jobs.create_run(cfg)
+    t0 = time.time()
+    done = subprocess.run(jobs.train_command(run_id), capture_output=True, text=True)
+    return fresh_result(run_id, cfg, done.returncode, t0)
+
+
+def independent_runs(steps: int, packing: str, gpus: int) -> list[dict]:
+    """One single-process run per GPU, all at the same time and unaware of each other (no DDP, no collectives),
+    each pinned to its GPU and in its own WORKBENCH_HOME (the training slot is per home). If each keeps its solo
+    tokens/s, what two-process training loses is communication and waiting; if each slows as much as the ranks of
+    a two-process run do, it is the host (CPU, driver, launch path) the processes share."""
+    import subprocess
+    import tempfile
+
+    from workbench.training import jobs
+
+    old_home, procs = os.environ.get("WORKBENCH_HOME"), []
+    try:
+        for gpu in range(gpus):
+            home = tempfile.mkdtemp(prefix=f"wb-independent-{gpu}-")
+            os.environ["WORKBENCH_HOME"] = home
+            cfg = fresh_config(steps, 1, packing)
+            run_id = jobs.create_run(cfg)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "WORKBENCH_HOME": home}
+            procs.append((home, run_id, cfg, subprocess.Popen(jobs.train_command(run_id), env=env,
+                                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        t0, out = time.time(), []
+        for home, run_id, cfg, proc in procs:
+            proc.wait()
+            os.environ["WORKBENCH_HOME"] = home
+            out.append(fresh_result(run_id, cfg, proc.returncode, t0))
+        return out
+    finally:
+        if old_home is None:
+            os.environ.pop("WORKBENCH_HOME", None)
+        else:
+            os.environ["WORKBENCH_HOME"] = old_home
 
 
 def small_bench(steps: int) -> None:
@@ -235,7 +280,9 @@ def scale_bench(steps: int) -> None:
     """1 process vs one per GPU, each a fresh `python -m workbench train` process (the supervisor starts
     `accelerate launch` when training.num_processes > 1), on the default packed path and on the plain padded one.
     Batch size is per process, so N processes train N times the examples per optimizer step; tokens/s counts the
-    real tokens of all ranks (the Trainer gathers them). Writes bench/results/scale_2gpu.json."""
+    real tokens of all ranks (the Trainer gathers them). On the packed path also one independent single-process run
+    per GPU at the same time (`independent_runs`; BENCH_INDEPENDENT=0 skips it): do the processes slow each other
+    down without any communication? Writes bench/results/scale_2gpu.json."""
     import torch
 
     from workbench import runs
@@ -257,9 +304,17 @@ def scale_bench(steps: int) -> None:
         if one["tokens_per_s"] and many["tokens_per_s"]:
             entry["speedup"] = round(many["tokens_per_s"] / one["tokens_per_s"], 2)
             entry["efficiency"] = round(entry["speedup"] / gpus, 2)
+        if packing == "auto" and os.environ.get("BENCH_INDEPENDENT", "1") != "0":
+            alone = independent_runs(n_steps, packing, gpus)
+            entry["independent_runs"] = alone
+            if one["tokens_per_s"] and all(r["tokens_per_s"] for r in alone):
+                # each independent run's speed as a share of the solo run: < 1 means the processes slow each other
+                # down without talking to each other
+                entry["independent_share_of_solo"] = [round(r["tokens_per_s"] / one["tokens_per_s"], 2) for r in alone]
         result["paths"]["packed (default)" if packing == "auto" else "plain padded"] = entry
         print(json.dumps({"bench": "scale", "packing": packing, **{k: v for k, v in entry.items()
-                                                                   if k in ("speedup", "efficiency")}}), flush=True)
+                                                                   if k in ("speedup", "efficiency",
+                                                                            "independent_share_of_solo")}}), flush=True)
     out = Path(__file__).resolve().parent / "results" / "scale_2gpu.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
