@@ -285,8 +285,6 @@ def scale_bench(steps: int) -> None:
     down without any communication? Writes bench/results/scale_2gpu.json."""
     import torch
 
-    from workbench import runs
-
     gpus = torch.cuda.device_count()
     result = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus, "torch": torch.__version__,
               "command": "python bench/gpu_suite.py scale", "steps": steps, "paths": {}}
