@@ -155,6 +155,37 @@ def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
         peft_model.unload()
 
 
+def test_lora_as_fused_reductions_gives_the_same_tokens(fp32, monkeypatch):
+    """WORKBENCH_FAST_LORA=fused (a speed lever for the compiled decode step, off by default): the per-row LoRA
+    products written as multiply-and-sum give the matmul form's greedy tokens, base and two adapters in one batch."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = fp32
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                  target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]),
+                                adapter_name="tuned")
+    try:
+        peft_model.add_adapter("other", LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                   target_modules=["k_proj", "gate_proj", "up_proj"]))
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(param, std=0.2)
+        peft_model.eval()
+        prompts = [_prompt(tok, QUESTION)] * 3
+        adapters = [None, "tuned", "other"]
+        matmul = _fast(fg.FastEngine(peft_model), prompts, 10, adapters)
+        monkeypatch.setenv("WORKBENCH_FAST_LORA", "fused")
+        engine = fg.FastEngine(peft_model)
+        assert engine.fused_lora
+        assert _fast(engine, prompts, 10, adapters) == matmul
+        assert matmul[0] != matmul[1] and matmul[1] != matmul[2]  # each adapter acts on its own row
+    finally:
+        peft_model.unload()
+
+
 def test_eval_answers_on_the_engine_equal_plain_in_the_prompts_order(fp32, monkeypatch):
     """scoring.generate_answers through the engine (length-sorted batches, bigger than asked) vs plain."""
     from workbench.evaluation import scoring

@@ -127,6 +127,8 @@ class FastEngine:
             self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
             self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
         self.compiled = bool(compile_layers)
+        # LoRA of the decode steps as fused reductions (a lever to measure: WORKBENCH_FAST_LORA=fused; off by default)
+        self.fused_lora = os.environ.get("WORKBENCH_FAST_LORA", "") == "fused"
         self.compile_error = ""
         self._states: dict[tuple, State] = {}
         self._slots: Slots | None = None
@@ -192,8 +194,9 @@ class FastEngine:
         pre, post = (_layer_pre, _layer_post) if window is None else (self.pre, self.post)  # prefill: not compiled
         for i, layer in enumerate(self.layers):
             w = self._weights(layer, None if window is None else bsz)
+            fused = window is not None and self.fused_lora
             q, k, v = pre(x, layer.ln1, layer.eps1, w["qkv"], layer.b["qkv"],
-                               *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim)
+                          *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim, fused)
             if window is None:
                 st.k[i][:, :, :t] = k
                 st.v[i][:, :, :t] = v
@@ -211,7 +214,7 @@ class FastEngine:
                 attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
             x = post(x, attn, w["o"], layer.b["o"], *self._lora_args(st, i, "o"), layer.ln2, layer.eps2,
                      w["gu"], layer.b["gu"], *self._lora_args(st, i, "gu"),
-                     w["d"], layer.b["d"], *self._lora_args(st, i, "d"), self.act)
+                     w["d"], layer.b["d"], *self._lora_args(st, i, "d"), self.act, fused)
         h = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return F.linear(h, self.lm_head).float()
 

@@ -83,9 +83,12 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _proj(x, w, b, a, bm, gate):
+def _proj(x, w, b, a, bm, gate, fused: bool = False):
     """Linear layer with optional per-row LoRA: y = xW^T + b + (((x32 @ A) * gate) @ B).to(y.dtype). `w` is a dense
-    matrix, or the 4-bit weights as (packed, absmax, code, blocksize) for the NF4 kernel (workbench.chat.nf4_gemv)."""
+    matrix, or the 4-bit weights as (packed, absmax, code, blocksize) for the NF4 kernel (workbench.chat.nf4_gemv).
+    fused=True writes the two small LoRA products as multiply-and-sum so that torch.compile makes each one reduction
+    kernel with the casts, the row gate and the add folded in (decode steps only: eagerly it would materialize
+    x x A); the same float32 products, summed in another order."""
     import torch.nn.functional as F
 
     if isinstance(w, tuple):
@@ -94,17 +97,20 @@ def _proj(x, w, b, a, bm, gate):
         y = nf4_gemv.linear(x, *w, b)
     else:
         y = F.linear(x, w, b)
-    if a is not None:
+    if a is not None and fused:
+        t = (x.to(a.dtype).unsqueeze(-1) * a).sum(-2) * gate.unsqueeze(1)
+        y = y + (t.unsqueeze(-1) * bm).sum(-2).to(y.dtype)
+    elif a is not None:
         t = (x.to(a.dtype) @ a) * gate.unsqueeze(1)
         y = y + (t @ bm).to(y.dtype)
     return y
 
 
-def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads, head_dim):
+def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads, head_dim, fused=False):
     """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]."""
     bsz, t, _ = x.shape
     h = _rms(x, ln_w, eps)
-    qkv = _proj(h, wqkv, bqkv, a, bm, gate)
+    qkv = _proj(h, wqkv, bqkv, a, bm, gate, fused)
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(bsz, t, heads, head_dim).transpose(1, 2)
     k = k.view(bsz, t, kv_heads, head_dim).transpose(1, 2)
@@ -115,10 +121,11 @@ def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads,
     return q, k, v
 
 
-def _layer_post(x, attn, wo, bo, ao, bmo, go, ln_w, eps, wgu, bgu, agu, bmgu, ggu, wd, bd, ad, bmd, gd, act):
+def _layer_post(x, attn, wo, bo, ao, bmo, go, ln_w, eps, wgu, bgu, agu, bmgu, ggu, wd, bd, ad, bmd, gd, act,
+                fused=False):
     """o_proj (+LoRA) + residual -> norm -> SwiGLU MLP (+LoRA) + residual."""
-    x = x + _proj(attn, wo, bo, ao, bmo, go)
+    x = x + _proj(attn, wo, bo, ao, bmo, go, fused)
     h = _rms(x, ln_w, eps)
-    gu = _proj(h, wgu, bgu, agu, bmgu, ggu)
+    gu = _proj(h, wgu, bgu, agu, bmgu, ggu, fused)
     g, u = gu.chunk(2, dim=-1)
-    return x + _proj(act(g) * u, wd, bd, ad, bmd, gd)
+    return x + _proj(act(g) * u, wd, bd, ad, bmd, gd, fused)
