@@ -99,7 +99,8 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
                                 elem_id="search-minutes")
             trial_steps = gr.Number(0, precision=0, elem_id="search-trial-steps",
                                     label="Steps per trial (0 = each trial trains the whole recipe; e.g. a quarter "
-                                          "of it makes a search ~4x quicker, then Use this recipe trains it in full)")
+                                          "of it makes a search ~4x quicker, then Use this recipe trains it in full; "
+                                          "short trials favour high learning rates)")
         groups = []
         with gr.Row():
             for name, (label, choices) in CHOICES.items():
