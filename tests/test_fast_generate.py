@@ -367,3 +367,23 @@ def test_cuda_stop_sampling_seed_and_eval_path(tmp_path, monkeypatch):
     first_row = first_row[:next((i for i, t in enumerate(first_row) if t in stop), len(first_row))]
     assert answers[0] == " ".join(map(str, first_row))  # prompts[0] is the longest: row 0 of the sorted batch
     torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+def test_cuda_fused_lora_lever_compiles_and_keeps_the_tokens(tmp_path, monkeypatch):
+    """WORKBENCH_FAST_LORA=fused on the GPU: the compiled, graphed decode step with LoRA as reductions gives the matmul
+    form's tokens (or parts only where summation order decides: random weights, flat logits)."""
+    import torch
+
+    model = _small_cuda_model(tmp_path)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(5, 4096, (n,), generator=g).tolist() for n in (12, 33)]
+    adapters = [None, "run1"]
+    matmul = _fast(fg.FastEngine(model), prompts, 24, adapters)
+    monkeypatch.setenv("WORKBENCH_FAST_LORA", "fused")
+    engine = fg.FastEngine(model)
+    fused = _fast(engine, prompts, 24, adapters)
+    assert engine.fused_lora and engine.compiled, engine.compile_error  # it compiled (no fallback)
+    for row in range(2):
+        first = next((i for i, (a, b) in enumerate(zip(matmul[row], fused[row])) if a != b), None)
+        assert first is None or first >= 3, (row, first)
