@@ -15,7 +15,7 @@ random LoRA adapter (r16/a32 on q/k/v/o) as the "tuned" run. Measured through th
     number of batches; running it fully would take several minutes of the lease).
 
 Then the levers one by one (printed, one JSON object each): CUDA graphs off, no LoRA in the batch (the
-bound for a merged copy), LoRA as fused reductions, decoding from the 4-bit weights (NF4 kernel), the layer math
+bound for a merged copy), LoRA (or all products) as generated reductions, decoding from the 4-bit weights (NF4 kernel), the layer math
 not compiled, unsorted eval batches, eval batches of 16/64/256.
 Writes bench/results/generate_speed.json (the headline keys) and prints everything else.
 """
@@ -136,17 +136,19 @@ def levers(engine, prompt, lever: dict) -> None:
                                                                                  repeats=1)
     finally:
         engine.use_graphs = True
-    if not engine.fused_lora:  # LoRA as fused reductions in the compiled decode step (off by default)
+    for mode in ("lora", "all"):  # decode-step products as generated reductions (off by default)
+        if engine.reduce == mode:
+            continue
         from workbench.chat import fast_generate as fg
 
-        os.environ["WORKBENCH_FAST_LORA"] = "fused"
+        os.environ["WORKBENCH_FAST_REDUCE"] = mode
         try:
             other = fg.FastEngine(engine.model_ref())
-            lever["LoRA as fused reductions (WORKBENCH_FAST_LORA=fused), 2 rows + LoRA"] = engine_rate(
+            lever[f"products as reductions (WORKBENCH_FAST_REDUCE={mode}), 2 rows + LoRA"] = engine_rate(
                 other, prompt, [None, "tuned"])
             del other
         finally:
-            os.environ.pop("WORKBENCH_FAST_LORA", None)
+            os.environ.pop("WORKBENCH_FAST_REDUCE", None)
     if not engine.nf4:  # the NF4 decode kernel (off by default: workbench/chat/nf4_gemv.py) in the whole engine
         from workbench.chat import fast_generate as fg
 

@@ -155,9 +155,11 @@ def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
         peft_model.unload()
 
 
-def test_lora_as_fused_reductions_gives_the_same_tokens(fp32, monkeypatch):
-    """WORKBENCH_FAST_LORA=fused (a speed lever for the compiled decode step, off by default): the per-row LoRA
-    products written as multiply-and-sum give the matmul form's greedy tokens, base and two adapters in one batch."""
+@pytest.mark.parametrize("mode", ["lora", "all"])
+def test_products_as_reductions_give_the_same_tokens(fp32, monkeypatch, mode):
+    """WORKBENCH_FAST_REDUCE (speed levers for the compiled decode step, off by default): the per-row LoRA products
+    (and with =all the base products) written as multiply-and-sum give the matmul form's greedy tokens, base and two
+    adapters in one batch."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -177,9 +179,9 @@ def test_lora_as_fused_reductions_gives_the_same_tokens(fp32, monkeypatch):
         prompts = [_prompt(tok, QUESTION)] * 3
         adapters = [None, "tuned", "other"]
         matmul = _fast(fg.FastEngine(peft_model), prompts, 10, adapters)
-        monkeypatch.setenv("WORKBENCH_FAST_LORA", "fused")
+        monkeypatch.setenv("WORKBENCH_FAST_REDUCE", mode)
         engine = fg.FastEngine(peft_model)
-        assert engine.fused_lora
+        assert engine.reduce == mode
         assert _fast(engine, prompts, 10, adapters) == matmul
         assert matmul[0] != matmul[1] and matmul[1] != matmul[2]  # each adapter acts on its own row
     finally:
@@ -370,9 +372,10 @@ def test_cuda_stop_sampling_seed_and_eval_path(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cuda_fused_lora_lever_compiles_and_keeps_the_tokens(tmp_path, monkeypatch):
-    """WORKBENCH_FAST_LORA=fused on the GPU: the compiled, graphed decode step with LoRA as reductions gives the matmul
-    form's tokens (or parts only where summation order decides: random weights, flat logits)."""
+@pytest.mark.parametrize("mode", ["lora", "all"])
+def test_cuda_reduction_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, mode):
+    """WORKBENCH_FAST_REDUCE on the GPU: the compiled, graphed decode step with the products as reductions gives the
+    matmul form's tokens (or parts only where summation order decides: random weights, flat logits)."""
     import torch
 
     model = _small_cuda_model(tmp_path)
@@ -380,10 +383,10 @@ def test_cuda_fused_lora_lever_compiles_and_keeps_the_tokens(tmp_path, monkeypat
     prompts = [torch.randint(5, 4096, (n,), generator=g).tolist() for n in (12, 33)]
     adapters = [None, "run1"]
     matmul = _fast(fg.FastEngine(model), prompts, 24, adapters)
-    monkeypatch.setenv("WORKBENCH_FAST_LORA", "fused")
+    monkeypatch.setenv("WORKBENCH_FAST_REDUCE", mode)
     engine = fg.FastEngine(model)
     fused = _fast(engine, prompts, 24, adapters)
-    assert engine.fused_lora and engine.compiled, engine.compile_error  # it compiled (no fallback)
+    assert engine.reduce == mode and engine.compiled, engine.compile_error  # it compiled (no fallback)
     for row in range(2):
         first = next((i for i, (a, b) in enumerate(zip(matmul[row], fused[row])) if a != b), None)
         assert first is None or first >= 3, (row, first)

@@ -45,6 +45,7 @@ from workbench.chat.fast_state import Slots, State, stack_slots
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 WINDOW = 256  # attention-window bucket of the decode graphs (tokens)
 MEMORY_MARGIN = 0.8  # the engine may take at most this share of the GPU memory free right now
+REDUCE_MAX_ROWS = 8  # WORKBENCH_FAST_REDUCE applies to decode steps of at most this many rows (chat, not eval)
 EVAL_BATCH = 128  # rows per batch when evaluation runs on the engine (length-sorted; 128 vs 64: 1.6x, H200)
 _ATTR = "_workbench_fast_engine"
 
@@ -127,8 +128,11 @@ class FastEngine:
             self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
             self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
         self.compiled = bool(compile_layers)
-        # LoRA of the decode steps as fused reductions (a lever to measure: WORKBENCH_FAST_LORA=fused; off by default)
-        self.fused_lora = os.environ.get("WORKBENCH_FAST_LORA", "") == "fused"
+        # decode-step products as generated reductions (levers to measure, off by default; fast_layers._proj):
+        # WORKBENCH_FAST_REDUCE=lora (the LoRA products) or =all (the base products too)
+        self.reduce = os.environ.get("WORKBENCH_FAST_REDUCE", "")
+        if self.reduce not in ("", "lora", "all"):
+            self.reduce = ""
         self.compile_error = ""
         self._states: dict[tuple, State] = {}
         self._slots: Slots | None = None
@@ -194,9 +198,9 @@ class FastEngine:
         pre, post = (_layer_pre, _layer_post) if window is None else (self.pre, self.post)  # prefill: not compiled
         for i, layer in enumerate(self.layers):
             w = self._weights(layer, None if window is None else bsz)
-            fused = window is not None and self.fused_lora
+            reduce = self.reduce if window is not None and bsz <= REDUCE_MAX_ROWS else ""
             q, k, v = pre(x, layer.ln1, layer.eps1, w["qkv"], layer.b["qkv"],
-                          *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim, fused)
+                          *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim, reduce)
             if window is None:
                 st.k[i][:, :, :t] = k
                 st.v[i][:, :, :t] = v
@@ -214,7 +218,7 @@ class FastEngine:
                 attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
             x = post(x, attn, w["o"], layer.b["o"], *self._lora_args(st, i, "o"), layer.ln2, layer.eps2,
                      w["gu"], layer.b["gu"], *self._lora_args(st, i, "gu"),
-                     w["d"], layer.b["d"], *self._lora_args(st, i, "d"), self.act, fused)
+                     w["d"], layer.b["d"], *self._lora_args(st, i, "d"), self.act, reduce)
         h = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return F.linear(h, self.lm_head).float()
 

@@ -83,21 +83,27 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _proj(x, w, b, a, bm, gate, fused: bool = False):
+def _proj(x, w, b, a, bm, gate, reduce: str = ""):
     """Linear layer with optional per-row LoRA: y = xW^T + b + (((x32 @ A) * gate) @ B).to(y.dtype). `w` is a dense
     matrix, or the 4-bit weights as (packed, absmax, code, blocksize) for the NF4 kernel (workbench.chat.nf4_gemv).
-    fused=True writes the two small LoRA products as multiply-and-sum so that torch.compile makes each one reduction
-    kernel with the casts, the row gate and the add folded in (decode steps only: eagerly it would materialize
-    x x A); the same float32 products, summed in another order."""
+
+    `reduce` (speed levers for the compiled decode step; off by default): "lora" writes the two small LoRA products as
+    multiply-and-sum, so torch.compile makes each one reduction kernel with the casts, the row gate and the add
+    folded in; "all" writes the dense base product that way too (a generated GEMV with the norm before it and the
+    residual after it fused in, instead of cuBLAS). The same float32 products, summed in another order. Decode steps
+    only: eagerly, or with many rows, it would materialize x times the weights."""
     import torch.nn.functional as F
 
     if isinstance(w, tuple):
         from workbench.chat import nf4_gemv
 
         y = nf4_gemv.linear(x, *w, b)
+    elif reduce == "all":
+        y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
+        y = (y if b is None else y + b.float()).to(x.dtype)
     else:
         y = F.linear(x, w, b)
-    if a is not None and fused:
+    if a is not None and reduce:
         t = (x.to(a.dtype).unsqueeze(-1) * a).sum(-2) * gate.unsqueeze(1)
         y = y + (t.unsqueeze(-1) * bm).sum(-2).to(y.dtype)
     elif a is not None:
@@ -106,11 +112,11 @@ def _proj(x, w, b, a, bm, gate, fused: bool = False):
     return y
 
 
-def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads, head_dim, fused=False):
+def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads, head_dim, reduce=""):
     """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]."""
     bsz, t, _ = x.shape
     h = _rms(x, ln_w, eps)
-    qkv = _proj(h, wqkv, bqkv, a, bm, gate, fused)
+    qkv = _proj(h, wqkv, bqkv, a, bm, gate, reduce)
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(bsz, t, heads, head_dim).transpose(1, 2)
     k = k.view(bsz, t, kv_heads, head_dim).transpose(1, 2)
@@ -122,10 +128,10 @@ def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads,
 
 
 def _layer_post(x, attn, wo, bo, ao, bmo, go, ln_w, eps, wgu, bgu, agu, bmgu, ggu, wd, bd, ad, bmd, gd, act,
-                fused=False):
+                reduce=""):
     """o_proj (+LoRA) + residual -> norm -> SwiGLU MLP (+LoRA) + residual."""
-    x = x + _proj(attn, wo, bo, ao, bmo, go, fused)
+    x = x + _proj(attn, wo, bo, ao, bmo, go, reduce)
     h = _rms(x, ln_w, eps)
-    gu = _proj(h, wgu, bgu, agu, bmgu, ggu, fused)
+    gu = _proj(h, wgu, bgu, agu, bmgu, ggu, reduce)
     g, u = gu.chunk(2, dim=-1)
-    return x + _proj(act(g) * u, wd, bd, ad, bmd, gd, fused)
+    return x + _proj(act(g) * u, wd, bd, ad, bmd, gd, reduce)
