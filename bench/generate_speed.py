@@ -269,7 +269,7 @@ def main() -> None:
                       ("sorted batches of 64", dict(batch_size=64)), ("sorted batches of 256", dict(batch_size=256))):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        fg.generate_batched(engine, prompts, None, NEW_TOKENS, stop, **kw)
+        scoring.generate_batched(engine, prompts, None, NEW_TOKENS, stop, **kw)
         torch.cuda.synchronize()
         emit(bench="eval lever (base pass only, 500 questions)", variant=label, seconds=round(time.perf_counter() - t, 1))
 

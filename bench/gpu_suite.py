@@ -13,6 +13,7 @@ Prints one JSON object per measurement. Needs CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -226,6 +227,21 @@ def train_fresh_process(steps: int, processes: int, packing: str, preset_name: s
     return fresh_result(run_id, cfg, done.returncode, t0)
 
 
+@contextlib.contextmanager
+def other_home(path: str):
+    """Run folders under another WORKBENCH_HOME for a while (runs that train beside others: the training slot is
+    per home)."""
+    old = os.environ.get("WORKBENCH_HOME")
+    os.environ["WORKBENCH_HOME"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("WORKBENCH_HOME", None)
+        else:
+            os.environ["WORKBENCH_HOME"] = old
+
+
 def independent_runs(steps: int, packing: str, gpus: int) -> list[dict]:
     """One single-process run per GPU, all at the same time and unaware of each other (no DDP, no collectives),
     each pinned to its GPU and in its own WORKBENCH_HOME (the training slot is per home). If each keeps its solo
@@ -236,27 +252,21 @@ def independent_runs(steps: int, packing: str, gpus: int) -> list[dict]:
 
     from workbench.training import jobs
 
-    old_home, procs = os.environ.get("WORKBENCH_HOME"), []
-    try:
-        for gpu in range(gpus):
-            home = tempfile.mkdtemp(prefix=f"wb-independent-{gpu}-")
-            os.environ["WORKBENCH_HOME"] = home
+    procs = []
+    for gpu in range(gpus):
+        home = tempfile.mkdtemp(prefix=f"wb-independent-{gpu}-")
+        with other_home(home):
             cfg = fresh_config(steps, 1, packing)
             run_id = jobs.create_run(cfg)
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu), "WORKBENCH_HOME": home}
-            procs.append((home, run_id, cfg, subprocess.Popen(jobs.train_command(run_id), env=env,
-                                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
-        t0, out = time.time(), []
-        for home, run_id, cfg, proc in procs:
-            proc.wait()
-            os.environ["WORKBENCH_HOME"] = home
+            procs.append((home, run_id, cfg, subprocess.Popen(
+                jobs.train_command(run_id), env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    t0, out = time.time(), []
+    for home, run_id, cfg, proc in procs:
+        proc.wait()
+        with other_home(home):
             out.append(fresh_result(run_id, cfg, proc.returncode, t0))
-        return out
-    finally:
-        if old_home is None:
-            os.environ.pop("WORKBENCH_HOME", None)
-        else:
-            os.environ["WORKBENCH_HOME"] = old_home
+    return out
 
 
 def small_bench(steps: int) -> None:

@@ -21,7 +21,6 @@ ROUGE-2 >= +75%.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -33,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from gpu_suite import other_home  # noqa: E402
 
 
 def base_config(args):
@@ -80,29 +82,24 @@ def full_run(search_id: str, trial: dict, short: bool) -> tuple[str, float | Non
     """The run scored for a trial's recipe: the trial's own run when trials train the whole recipe; otherwise the
     full run `search --use` would start (the recipe's whole schedule), trained here in the foreground through
     `python -m workbench train --run`. Returns (run id, its last eval loss)."""
-    from workbench import runs
     from workbench.training import jobs, search
 
     if not short:
         return trial["run_id"], trial["eval_loss"]
     run_id = jobs.create_run(search.trial_config(search_id, trial["number"]))
     done = subprocess.run(jobs.train_command(run_id), cwd=REPO, text=True, capture_output=True)
+    return run_id, last_eval_loss(run_id, done.returncode, f"full run of trial {trial['number']}")
+
+
+def last_eval_loss(run_id: str, returncode: int, what: str) -> float | None:
+    """The completed run's last eval loss; stops the benchmark with the run's log when it did not complete."""
+    from workbench import runs
+
     state = runs.read_status(run_id).get("state")
-    if done.returncode != 0 or state != "completed":
-        raise SystemExit(f"full run of trial {trial['number']} ended '{state}':\n{runs.log_tail(run_id, 3000)}")
+    if returncode != 0 or state != "completed":
+        raise SystemExit(f"{what} ended '{state}':\n{runs.log_tail(run_id, 3000)}")
     losses = [e["eval_loss"] for e in runs.read_events(run_id) if "eval_loss" in e]
-    return run_id, (round(losses[-1], 5) if losses else None)
-
-
-@contextlib.contextmanager
-def home(path: str):
-    """Run folders under another WORKBENCH_HOME for a while (the seed's full run trains beside the search)."""
-    old = os.environ["WORKBENCH_HOME"]
-    os.environ["WORKBENCH_HOME"] = path
-    try:
-        yield
-    finally:
-        os.environ["WORKBENCH_HOME"] = old
+    return round(losses[-1], 5) if losses else None
 
 
 def start_seed_beside(base) -> tuple[str, str, subprocess.Popen]:
@@ -112,7 +109,7 @@ def start_seed_beside(base) -> tuple[str, str, subprocess.Popen]:
     from workbench.training import jobs
 
     beside = tempfile.mkdtemp(prefix="recipe-search-seed-")
-    with home(beside):
+    with other_home(beside):
         run_id = jobs.create_run(base)
         log = open(os.path.join(beside, "seed-run.log"), "w")
         proc = subprocess.Popen(jobs.train_command(run_id), cwd=REPO, text=True, stdout=log, stderr=subprocess.STDOUT,
@@ -122,15 +119,9 @@ def start_seed_beside(base) -> tuple[str, str, subprocess.Popen]:
 
 
 def seed_result(beside: str, run_id: str, proc: subprocess.Popen, seed_trial: dict) -> dict:
-    from workbench import runs
-
     proc.wait()
-    with home(beside):
-        state = runs.read_status(run_id).get("state")
-        if proc.returncode != 0 or state != "completed":
-            raise SystemExit(f"the seed recipe's full run ended '{state}':\n{runs.log_tail(run_id, 3000)}")
-        losses = [e["eval_loss"] for e in runs.read_events(run_id) if "eval_loss" in e]
-        return scored(run_id, seed_trial, round(losses[-1], 5) if losses else None)
+    with other_home(beside):
+        return scored(run_id, seed_trial, last_eval_loss(run_id, proc.returncode, "the seed recipe's full run"))
 
 
 def recipe_result(search_id: str, trial: dict, short: bool) -> dict:

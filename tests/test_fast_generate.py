@@ -121,25 +121,31 @@ def test_engine_reads_weights_bitsandbytes_repacked_for_the_cpu(bf16):
     assert (after.float() - reference).abs().max() <= 0.02 * reference.abs().max()
 
 
-def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
-    """Base and two adapters' rows in one batch (ranks 8 and 4, different target modules): the engine's slot
-    gating equals peft's per-row routing."""
+def _two_adapters(model, seed: int, tuned: list, other: list, other_alpha: int):
+    """The model with adapters 'tuned' (r8/alpha16) and 'other' (r4) on the given layers, LoRA B randomized so each
+    adapter changes its rows' answers; the caller unloads them."""
     import torch
     from peft import LoraConfig, get_peft_model
 
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=tuned,
+                                                  task_type="CAUSAL_LM"), adapter_name="tuned")
+    peft_model.add_adapter("other", LoraConfig(r=4, lora_alpha=other_alpha, lora_dropout=0.0, target_modules=other,
+                                               task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.2)
+    return peft_model.eval()
+
+
+def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
+    """Base and two adapters' rows in one batch (ranks 8 and 4, different target modules): the engine's slot
+    gating equals peft's per-row routing."""
     model, tok = fp32
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      task_type="CAUSAL_LM")
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, lora, adapter_name="tuned")
+    peft_model = _two_adapters(model, 0, ["q_proj", "k_proj", "v_proj", "o_proj"],
+                               ["q_proj", "v_proj", "gate_proj", "down_proj"], other_alpha=16)
     try:
-        peft_model.add_adapter("other", LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=[
-            "q_proj", "v_proj", "gate_proj", "down_proj"], task_type="CAUSAL_LM"))
-        with torch.no_grad():
-            for name, param in peft_model.named_parameters():
-                if "lora_B" in name:
-                    torch.nn.init.normal_(param, std=0.2)
-        peft_model.eval()
         prompts = [_prompt(tok, QUESTION)] * 3
         plain = _plain(peft_model, tok, prompts, 10, adapter_names=[PEFT_BASE, "tuned", "other"])
         engine = fg.FastEngine(peft_model)
@@ -160,22 +166,10 @@ def test_products_as_reductions_give_the_same_tokens(fp32, monkeypatch, mode):
     """WORKBENCH_FAST_REDUCE (speed levers for the compiled decode step, off by default): the per-row LoRA products
     (and with =all the base products) written as multiply-and-sum give the matmul form's greedy tokens, base and two
     adapters in one batch."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     model, tok = fp32
-    torch.manual_seed(1)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                  target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]),
-                                adapter_name="tuned")
+    peft_model = _two_adapters(model, 1, ["q_proj", "v_proj", "o_proj", "down_proj"],
+                               ["k_proj", "gate_proj", "up_proj"], other_alpha=8)
     try:
-        peft_model.add_adapter("other", LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                   target_modules=["k_proj", "gate_proj", "up_proj"]))
-        with torch.no_grad():
-            for name, param in peft_model.named_parameters():
-                if "lora_B" in name:
-                    torch.nn.init.normal_(param, std=0.2)
-        peft_model.eval()
         prompts = [_prompt(tok, QUESTION)] * 3
         adapters = [None, "tuned", "other"]
         matmul = _fast(fg.FastEngine(peft_model), prompts, 10, adapters)
@@ -361,9 +355,9 @@ def test_cuda_stop_sampling_seed_and_eval_path(tmp_path, monkeypatch):
     tuned = scoring.generate_answers(model, Tok(), records, 8, 512, batch_size=2)  # active adapter: run1
     stop = scoring.stop_token_ids(model, Tok())
     assert engine._states and any(st.rows == 3 for st in engine._states.values())  # all 3 in one engine batch
-    batched = fg.generate_batched(engine, prompts, None, 8, stop)  # longest first, answers in the given order
+    batched = scoring.generate_batched(engine, prompts, None, 8, stop)  # longest first, answers in the given order
     assert answers == [" ".join(map(str, t)) for t in batched]
-    assert tuned == [" ".join(map(str, t)) for t in fg.generate_batched(engine, prompts, "run1", 8, stop)]
+    assert tuned == [" ".join(map(str, t)) for t in scoring.generate_batched(engine, prompts, "run1", 8, stop)]
     rows = list(engine.generate(sorted(prompts, key=len, reverse=True), [None] * 3, 8, stop))
     first_row = [s[0] for s in rows]
     first_row = first_row[:next((i for i, t in enumerate(first_row) if t in stop), len(first_row))]

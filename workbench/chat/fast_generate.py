@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from workbench import runs
+from workbench.chat import nf4_gemv
 from workbench.chat.fast_layers import (  # noqa: F401 (fg._dense, fg.Unsupported, fg.kv_bytes are used by callers)
     GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, dense_bytes, kv_bytes)
 from workbench.chat.fast_state import Slots, State, stack_slots
@@ -45,8 +46,6 @@ from workbench.chat.fast_state import Slots, State, stack_slots
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 WINDOW = 256  # attention-window bucket of the decode graphs (tokens)
 MEMORY_MARGIN = 0.8  # the engine may take at most this share of the GPU memory free right now
-REDUCE_MAX_ROWS = 8  # WORKBENCH_FAST_REDUCE applies to decode steps of at most this many rows (chat, not eval)
-EVAL_BATCH = 128  # rows per batch when evaluation runs on the engine (length-sorted; 128 vs 64: 1.6x, H200)
 _ATTR = "_workbench_fast_engine"
 
 
@@ -141,27 +140,10 @@ class FastEngine:
     def _pack_4bit(self, modules) -> bool:
         """With WORKBENCH_FAST_NF4=1 (off by default: slower than the dense copy on an H200, see nf4_gemv), decode
         steps of up to nf4_gemv.MAX_ROWS rows multiply from the 4-bit weights when every layer is bitsandbytes NF4."""
-        from workbench.chat import nf4_gemv
-
-        if not nf4_gemv.enabled(self.device):
-            return False
-        packed = []
-        for layer in modules:
-            q = {}
-            for group, (parent, names) in GROUPS.items():
-                q[group] = nf4_gemv.pack([_base_linear(getattr(getattr(layer, parent), n)) for n in names])
-                if q[group] is None:
-                    return False
-            packed.append(q)
-        nf4_gemv.register()
-        for layer, q in zip(self.layers, packed):
+        packed = nf4_gemv.pack_layers(modules, GROUPS, _base_linear) if nf4_gemv.enabled(self.device) else None
+        for layer, q in zip(self.layers, packed or []):
             layer.q = q
-        return True
-
-    def _weights(self, layer: _Layer, decode_rows: int | None) -> dict:
-        from workbench.chat.nf4_gemv import MAX_ROWS
-
-        return layer.q if self.nf4 and decode_rows is not None and decode_rows <= MAX_ROWS else layer.w
+        return packed is not None
 
     # -- adapters --------------------------------------------------------------------------
 
@@ -196,9 +178,11 @@ class FastEngine:
         bsz, t = ids.shape
         group = self.heads // self.kv_heads
         pre, post = (_layer_pre, _layer_post) if window is None else (self.pre, self.post)  # prefill: not compiled
+        chat_sized = window is not None and bsz <= nf4_gemv.MAX_ROWS  # a decode step of a few rows (not eval's)
+        weights = "q" if self.nf4 and chat_sized else "w"  # the 4-bit weights (NF4 kernel, when on) or the dense copy
+        reduce = self.reduce if chat_sized else ""
         for i, layer in enumerate(self.layers):
-            w = self._weights(layer, None if window is None else bsz)
-            reduce = self.reduce if window is not None and bsz <= REDUCE_MAX_ROWS else ""
+            w = getattr(layer, weights)
             q, k, v = pre(x, layer.ln1, layer.eps1, w["qkv"], layer.b["qkv"],
                           *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim, reduce)
             if window is None:
@@ -422,11 +406,8 @@ def engine_for(model, device: str, extra_bytes: int = 0, force: bool = False) ->
         if getattr(core, _ATTR + "_unsupported", None):
             return None, core.__dict__[_ATTR + "_unsupported"]
         try:
-            need = dense_bytes(model) + extra_bytes
-            if device == "cuda":
-                from workbench.chat import nf4_gemv
-
-                need += int(dense_bytes(model) * 0.3) if nf4_gemv.enabled(device) else 0  # fused 4-bit copies
+            dense = dense_bytes(model)
+            need = dense + extra_bytes + (int(dense * 0.3) if nf4_gemv.enabled(device) else 0)  # + fused 4-bit copies
         except AttributeError as e:
             return None, f"fast path unsupported for this model ({e})"
         if device == "cuda":
@@ -453,36 +434,3 @@ def active_lora(model) -> tuple[str, ...]:
                 return ()
             return tuple(a for a in mod.active_adapters if a in mod.lora_A)
     return ()
-
-
-def generate_batched(engine: FastEngine, prompts: list[list[int]], adapter: str | None, max_new_tokens: int,
-                     stop_ids, batch_size: int = EVAL_BATCH, progress=None, sort: bool = True) -> list[list[int]]:
-    """Greedy answers (token ids up to the first stop token) for many prompts: longest first, in batches of
-    similar length, so padding and cache length stay small (sort=False keeps the given order: the
-    benchmark's comparison); results in the prompts' order."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort else list(range(len(prompts)))
-    out: list[list[int] | None] = [None] * len(prompts)
-    stop = set(stop_ids)
-    done_count = 0
-    # equal-sized batches (500 at 128 -> 4 x 125, not 3 x 128 + 116): one batch shape, one compile
-    batches = -(-len(order) // max(1, batch_size))
-    batch_size = -(-len(order) // max(1, batches))
-    for start in range(0, len(order), max(1, batch_size)):
-        idx = order[start:start + batch_size]
-        batch = [prompts[i] for i in idx]
-        answers: list[list[int]] = [[] for _ in idx]
-        finished = [False] * len(idx)
-        for step in engine.generate(batch, [adapter] * len(idx), max_new_tokens, stop_ids):
-            for row, tok in enumerate(step):
-                if finished[row]:
-                    continue
-                if tok in stop:
-                    finished[row] = True
-                else:
-                    answers[row].append(tok)
-        for i, ans in zip(idx, answers):
-            out[i] = ans
-        done_count += len(idx)
-        if progress:
-            progress(done_count / len(prompts), f"generating {done_count}/{len(prompts)}")
-    return out  # type: ignore[return-value]

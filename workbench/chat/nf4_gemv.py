@@ -34,7 +34,7 @@ def enabled(device) -> bool:
     if mode == "0":
         return False
     if getattr(device, "type", device) != "cuda":
-        return os.environ.get("WORKBENCH_FAST_NF4") == "all"  # CPU: the reference op (tests)
+        return mode == "all"  # CPU: the reference op (tests)
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -70,6 +70,21 @@ def pack(linears) -> tuple | None:
     packed = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
     absmax = torch.cat(absmaxes) if len(absmaxes) > 1 else absmaxes[0].contiguous()
     return packed, absmax, code.contiguous(), blocksize
+
+
+def pack_layers(modules, groups: dict, base_linear) -> list[dict] | None:
+    """`pack` for every decoder layer and linear group ({group: (parent, member names)}), registering the op; None
+    when any layer is not NF4 (the engine then keeps its dense copy for every step)."""
+    packed = []
+    for layer in modules:
+        q = {}
+        for group, (parent, names) in groups.items():
+            q[group] = pack([base_linear(getattr(getattr(layer, parent), n)) for n in names])
+            if q[group] is None:
+                return None
+        packed.append(q)
+    register()
+    return packed
 
 
 def nbytes(weights: tuple) -> int:

@@ -125,6 +125,42 @@ def answer_perplexity(model, tokenizer, records: list[dict], max_length: int, te
             "per_example_nll": per_example}
 
 
+EVAL_BATCH = 128  # rows per batch when evaluation runs on the fast engine (length-sorted; 128 vs 64: 1.6x, H200)
+
+
+def generate_batched(engine, prompts: list[list[int]], adapter: str | None, max_new_tokens: int,
+                     stop_ids, batch_size: int = EVAL_BATCH, progress=None, sort: bool = True) -> list[list[int]]:
+    """Greedy answers (token ids up to the first stop token) for many prompts: longest first, in batches of
+    similar length, so padding and cache length stay small (sort=False keeps the given order: the
+    benchmark's comparison); results in the prompts' order."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort else list(range(len(prompts)))
+    out: list[list[int] | None] = [None] * len(prompts)
+    stop = set(stop_ids)
+    done_count = 0
+    # equal-sized batches (500 at 128 -> 4 x 125, not 3 x 128 + 116): one batch shape, one compile
+    batches = -(-len(order) // max(1, batch_size))
+    batch_size = -(-len(order) // max(1, batches))
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start:start + batch_size]
+        batch = [prompts[i] for i in idx]
+        answers: list[list[int]] = [[] for _ in idx]
+        finished = [False] * len(idx)
+        for step in engine.generate(batch, [adapter] * len(idx), max_new_tokens, stop_ids):
+            for row, tok in enumerate(step):
+                if finished[row]:
+                    continue
+                if tok in stop:
+                    finished[row] = True
+                else:
+                    answers[row].append(tok)
+        for i, ans in zip(idx, answers):
+            out[i] = ans
+        done_count += len(idx)
+        if progress:
+            progress(done_count / len(prompts), f"generating {done_count}/{len(prompts)}")
+    return out  # type: ignore[return-value]
+
+
 def _fast_answers(model, tokenizer, prompts, max_new_tokens, stop_ids, batch_size, progress) -> list[str] | None:
     """Greedy answers from workbench.chat.fast_generate on CUDA (length-sorted batches of at least
     EVAL_BATCH rows, bf16 copy of the same weights, CUDA-graph decode); None when the plain path must run
@@ -137,14 +173,14 @@ def _fast_answers(model, tokenizer, prompts, max_new_tokens, stop_ids, batch_siz
     adapters = fg.active_lora(model)
     if len(adapters) > 1:
         return None
-    rows = min(len(prompts), max(batch_size, fg.EVAL_BATCH))
+    rows = min(len(prompts), max(batch_size, EVAL_BATCH))
     engine, _why = fg.engine_for(model, device, extra_bytes=fg.kv_bytes(
         model, rows, max(len(p) for p in prompts) + max_new_tokens + fg.WINDOW))
     if engine is None:
         return None
     try:
-        tokens = fg.generate_batched(engine, prompts, adapters[0] if adapters else None, max_new_tokens, stop_ids,
-                                     batch_size=rows, progress=progress)
+        tokens = generate_batched(engine, prompts, adapters[0] if adapters else None, max_new_tokens, stop_ids,
+                                  batch_size=rows, progress=progress)
     except fg.Unsupported:
         return None
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
