@@ -55,7 +55,8 @@ def blind_vote(page, question: str, reviewer: str) -> None:
     page.locator("#chat-max-new input").fill("12")
     page.locator("#chat-question textarea").fill(question)
     page.locator("#chat-send").click()
-    expect(page.locator("#chat-status")).to_contain_text("Done", timeout=120_000)
+    expect(page.locator("#chat-vote-left")).to_be_enabled(timeout=120_000)  # on only once the pair is answered
+    expect(page.locator("#chat-status")).to_contain_text("Done")
     page.locator("#chat-vote-left").click()
     expect(page.locator("#chat-reveal")).to_contain_text("Revealed")
 
