@@ -105,6 +105,10 @@ def page(_browser, request):
     context = _browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(30_000)
+    from playwright.sync_api import expect
+    # assertions wait up to 20 s, not Playwright's 5: a shared 2-core CI machine once took longer than 5 s to show
+    # a finished answer; a passing assertion still returns at once, only a failing one waits the whole time
+    expect.set_options(timeout=20_000)
     yield pg
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
