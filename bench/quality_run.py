@@ -5,6 +5,7 @@ Meant for the GPU machine (on 2 CPU cores a full run takes hours; use --max-step
 
     python bench/quality_run.py --device cuda [--max-steps 0] [--eval-examples 200] [--dbdemos-dir DIR]
     python bench/quality_run.py --device cpu --max-steps 4 --eval-examples 4 --max-new-tokens 16   # smoke check
+    python bench/quality_run.py --device cuda --preset embedded-gpu --set lora.r=256 --set lora.alpha=512 --eval-examples 400
 
 The recipe is RunConfig's defaults (the seed notebook's: r16/alpha32 on q/k/v/o, lr 2e-4, 3 epochs,
 batch 4 x accumulation 4, cosine) with the embedded SmolLM2-135M-Instruct instead of Mistral-7B.
@@ -46,6 +47,9 @@ def recipe(args):
         cfg.training.optimizer = "paged_adamw_8bit" if args.device == "cuda" else "adamw_torch"
         cfg.training.gradient_checkpointing = args.gradient_checkpointing == "on"
         cfg.training.batch_size, cfg.training.grad_accum = args.batch_size, args.grad_accum
+    from workbench.config import apply_sets
+
+    apply_sets(cfg, args.set)  # e.g. --preset embedded-gpu --set lora.r=256 --set lora.alpha=512
     cfg.eval.run_after_training = False  # scored below, with progress printed
     cfg.data.max_eval_examples = args.eval_examples  # the held-out rows kept (and eval-loss'd) = the rows scored
     cfg.eval.max_examples = args.eval_examples
@@ -86,6 +90,8 @@ def main() -> int:
                         help="The seed recipe's memory saver; a 135M model does not need it (1.8x faster off).")
     parser.add_argument("--train-only", action="store_true",
                         help="Stop after training; score later with `python -m workbench eval --run RUN_ID`.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a setting of the recipe (repeatable), as `python -m workbench train --set`.")
     parser.add_argument("--home", help="WORKBENCH_HOME for the run folder (default: a new temporary folder).")
     args = parser.parse_args()
     os.environ["WORKBENCH_HOME"] = args.home or tempfile.mkdtemp(prefix="quality-run-")

@@ -307,6 +307,19 @@ def coerce(f: dataclasses.Field, value: Any, name: str = "") -> Any:
                            f"{name}={_flag_example(f)}."]) from None
 
 
+def apply_sets(cfg: RunConfig, items: list[str]) -> RunConfig:
+    """`--set KEY=VALUE` overrides (the CLI's and the benchmarks'), each checked and typed like the form's input."""
+    known = {name: f for name, f, _ in iter_fields(cfg)}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError([f"--set {item!r} has no '='; write KEY=VALUE, e.g. --set training.max_steps=10."])
+        if key not in known:
+            raise ConfigError([f"Unknown setting '{key}' in --set; see `python -m workbench config`."])
+        cfg.set(key, coerce(known[key], value, key))
+    return cfg
+
+
 def _coerce(t: type, value: Any) -> Any:
     if t is bool:
         if isinstance(value, str):

@@ -41,17 +41,9 @@ def register(sub) -> None:
 
 
 def _config_from_args(args):
-    from workbench.config import ConfigError, RunConfig, coerce, iter_fields, preset
+    from workbench.config import ConfigError, RunConfig, apply_sets, preset
 
-    cfg = RunConfig.load(args.config) if args.config else preset(args.preset)
-    fields = {name: f for name, f, _ in iter_fields(cfg)}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError([f"--set {item!r} has no '='; write KEY=VALUE, e.g. --set training.max_steps=10."])
-        if key not in fields:
-            raise ConfigError([f"Unknown setting '{key}' in --set; see `python -m workbench config`."])
-        cfg.set(key, coerce(fields[key], value, key))
+    cfg = apply_sets(RunConfig.load(args.config) if args.config else preset(args.preset), args.set)
     if getattr(args, "pairs", None) and not getattr(args, "parent", None):
         raise ConfigError(["--pairs needs --parent RUN_ID: the finished run the preference run starts from."])
     if getattr(args, "parent", None):
