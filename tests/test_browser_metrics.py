@@ -62,6 +62,8 @@ def test_metrics_tab_shows_table_examples_search_evaluate_and_compare(scored_run
     page.locator("#metrics-run input").click()
     page.get_by_role("option", name=re.compile(unscored)).click()
     page.locator("#metrics-empty").get_by_text(re.compile("has no metrics yet")).wait_for()
+    from playwright.sync_api import expect
+    expect(page.locator("#metrics-chart")).to_contain_text("No scores yet")  # a sentence, not empty axes
     page.locator("#metrics-evaluate").click()
     page.wait_for_function("() => /Perplexity\\s+\\d+\\.\\d{2}/"
                            ".test(document.querySelector('#metrics-summary')?.innerText)",

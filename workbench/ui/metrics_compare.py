@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.evaluation import evaluate, scoring
+from workbench.ui.run_view import empty_figure
 
 LABELS = scoring.LABELS
 _fmt = scoring.format_value
@@ -37,8 +38,10 @@ COLORS = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db
 def compare_chart(run_ids: list[str]) -> go.Figure:
     """One colour per run, the same in both panels and the legend (the legend names each run once)."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25],
-                        subplot_titles=("Fine-tuned ROUGE / BLEU", "Fine-tuned perplexity"))
+                        subplot_titles=("Fine-tuned ROUGE / BLEU", "Fine-tuned<br>perplexity"))
     scored = [(r, m) for r in run_ids or [] if (m := evaluate.read_metrics(r)) and "tuned" in m]
+    if not scored:
+        return empty_figure("Pick two or more scored runs to compare them.")
     keys = [k for k in LABELS if k != "perplexity"]
     for i, (run_id, m) in enumerate(scored):
         color = COLORS[i % len(COLORS)]

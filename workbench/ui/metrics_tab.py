@@ -18,6 +18,7 @@ from workbench.evaluation import reviews
 from workbench.evaluation import scoring
 from workbench.ui import guard
 from workbench.ui.metrics_compare import compare_chart, compare_table, compare_warning
+from workbench.ui.run_view import empty_figure
 
 LABELS = scoring.LABELS
 SUMMARY_HEADERS = ["Metric", "Base", "Fine-tuned", "Change %"]
@@ -112,8 +113,10 @@ def summary_table(metrics: dict | None, run_id: str = "") -> pd.DataFrame:
 
 def metrics_chart(metrics: dict | None) -> go.Figure:
     """Grouped bars base vs fine-tuned; perplexity on its own axis (another scale, lower is better)."""
+    if not metrics or not metrics.get("base"):
+        return empty_figure("No scores yet: pick a scored run, or press Evaluate.")
     fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25],
-                        subplot_titles=("ROUGE / BLEU (0-1, higher is better)", "Perplexity (lower = better)"))
+                        subplot_titles=("ROUGE / BLEU (0-1, higher is better)", "Perplexity<br>(lower is better)"))
     if metrics:
         text_keys = [k for k in LABELS if k != "perplexity"]
         for side, color in (("base", "#94a3b8"), ("tuned", "#2563eb")):
@@ -129,15 +132,17 @@ def metrics_chart(metrics: dict | None) -> go.Figure:
 
 
 def loss_chart(events: list[dict]) -> go.Figure:
-    fig = go.Figure()
     train = [e for e in events if "loss" in e]
+    if not train and not any("eval_loss" in e for e in events):
+        return empty_figure("No training curve yet: pick a run.")
+    fig = go.Figure()
     evals = [e for e in events if "eval_loss" in e]
     fig.add_trace(go.Scatter(x=[e["step"] for e in train], y=[e["loss"] for e in train], name="training loss",
                              mode="lines+markers"))
     if evals:
         fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["eval_loss"] for e in evals], name="eval loss",
                                  mode="lines+markers", line={"dash": "dash"}))
-    fig.update_layout(title={"text": "Loss during training", "y": 0.97}, xaxis_title="step", height=360,
+    fig.update_layout(title={"text": "Loss during training", "y": 0.97, "x": 0.5, "xanchor": "center"}, xaxis_title="step", height=360,
                       margin={"t": 60, "b": 40, "l": 50, "r": 10}, legend={"orientation": "h", "y": -0.2})
     return fig
 

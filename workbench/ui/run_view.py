@@ -111,6 +111,16 @@ def _short(run_id: str) -> str:
     return f"{parts[2]} ({parts[1][:4]})" if len(parts) == 3 and parts[0].isdigit() else run_id[-24:]
 
 
+def empty_figure(message: str, height: int = 360) -> go.Figure:
+    """What a chart shows before there is anything to draw: one plain sentence, no empty axes."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font={"size": 14, "color": "#6b7280"})
+    fig.update_layout(height=height, xaxis={"visible": False}, yaxis={"visible": False},
+                      plot_bgcolor="rgba(0,0,0,0)", margin={"t": 40, "b": 40, "l": 20, "r": 20})
+    return fig
+
+
 REWARD_KEYS = ("reward_margin", "reward_chosen", "reward_rejected", "preference_accuracy")
 
 
