@@ -228,18 +228,24 @@ def train_fresh_process(steps: int, processes: int, packing: str, preset_name: s
 
 
 @contextlib.contextmanager
-def other_home(path: str):
-    """Run folders under another WORKBENCH_HOME for a while (runs that train beside others: the training slot is
-    per home)."""
-    old = os.environ.get("WORKBENCH_HOME")
-    os.environ["WORKBENCH_HOME"] = path
+def env_set(**values: str):
+    """Environment variables set for a while (the processes started meanwhile inherit them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("WORKBENCH_HOME", None)
-        else:
-            os.environ["WORKBENCH_HOME"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def other_home(path: str):
+    """Run folders under another WORKBENCH_HOME for a while (runs that train beside others: the training slot is
+    per home)."""
+    return env_set(WORKBENCH_HOME=path)
 
 
 def independent_runs(steps: int, packing: str, gpus: int) -> list[dict]:
@@ -286,13 +292,33 @@ def small_bench(steps: int) -> None:
         (Path(os.environ["OUT"]) / "small_speed.json").write_text(json.dumps(out, indent=1))
 
 
+# Host-side levers for several ranks (predicted before measuring: they matter only if the independent runs above
+# slow each other down, i.e. if the ranks compete for the host rather than wait on each other).
+RANK_LEVERS = {"CPUs bound per GPU (WORKBENCH_BIND_CPUS=1)": {"WORKBENCH_BIND_CPUS": "1"},
+               "8 CPU threads per rank (OMP_NUM_THREADS=8; the supervisor's default is 1)": {"OMP_NUM_THREADS": "8"}}
+
+
+def rank_levers(steps: int, gpus: int, one: dict) -> dict:
+    """The multi-process packed run again under each host-side lever, each a fresh process."""
+    out = {}
+    for name, values in RANK_LEVERS.items():
+        with env_set(**values):
+            r = train_fresh_process(steps, gpus, "auto")
+        out[name] = {k: r.get(k) for k in ("tokens_per_s", "state", "replicas_agree", "wall_s")}
+        if r.get("tokens_per_s") and one.get("tokens_per_s"):
+            out[name]["speedup"] = round(r["tokens_per_s"] / one["tokens_per_s"], 2)
+        print(json.dumps({"bench": "scale lever", "lever": name, **out[name]}), flush=True)
+    return out
+
+
 def scale_bench(steps: int) -> None:
     """1 process vs one per GPU, each a fresh `python -m workbench train` process (the supervisor starts
     `accelerate launch` when training.num_processes > 1), on the default packed path and on the plain padded one.
     Batch size is per process, so N processes train N times the examples per optimizer step; tokens/s counts the
     real tokens of all ranks (the Trainer gathers them). On the packed path also one independent single-process run
     per GPU at the same time (`independent_runs`; BENCH_INDEPENDENT=0 skips it): do the processes slow each other
-    down without any communication? Writes bench/results/scale_2gpu.json."""
+    down without any communication? Then the host-side levers (`RANK_LEVERS`; BENCH_LEVERS=0 skips them). Writes
+    bench/results/scale_2gpu.json."""
     import torch
 
     gpus = torch.cuda.device_count()
@@ -319,6 +345,8 @@ def scale_bench(steps: int) -> None:
                 # each independent run's speed as a share of the solo run: < 1 means the processes slow each other
                 # down without talking to each other
                 entry["independent_share_of_solo"] = [round(r["tokens_per_s"] / one["tokens_per_s"], 2) for r in alone]
+        if packing == "auto" and gpus > 1 and os.environ.get("BENCH_LEVERS", "1") != "0":
+            entry["levers"] = rank_levers(n_steps, gpus, one)
         result["paths"]["packed (default)" if packing == "auto" else "plain padded"] = entry
         print(json.dumps({"bench": "scale", "packing": packing, **{k: v for k, v in entry.items()
                                                                    if k in ("speedup", "efficiency",

@@ -96,6 +96,64 @@ def _die_with_parent() -> None:
         pass
 
 
+def parse_cpulist(text: str) -> list[int]:
+    """Linux's CPU list format ("0-3,8,10-11") as a sorted list of CPU numbers."""
+    cpus = set()
+    for part in text.strip().split(","):
+        if part.strip():
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(cpus)
+
+
+def share_of_cpus(local_rank: int, cpus_per_gpu: list[list[int]], allowed: list[int]) -> list[int]:
+    """The CPUs one rank gets: those near its GPU (and allowed to this process), shared out in equal consecutive
+    parts among the ranks whose GPUs are near the same CPUs, so no two ranks run on the same core."""
+    mine = [c for c in cpus_per_gpu[local_rank] if c in allowed] or list(allowed)
+    peers = [r for r, cpus in enumerate(cpus_per_gpu) if cpus == cpus_per_gpu[local_rank]]
+    part = len(mine) // len(peers)
+    if part == 0:
+        return mine
+    i = peers.index(local_rank)
+    return mine[i * part:(i + 1) * part]
+
+
+def _gpu_cpus(index: int) -> list[int] | None:
+    """The CPUs sysfs names as local to a GPU (its NUMA node), or None when they cannot be read."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    ids = [getattr(props, k, None) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id")]
+    if None in ids:
+        return None
+    try:
+        return parse_cpulist(Path(f"/sys/bus/pci/devices/{ids[0]:04x}:{ids[1]:02x}:{ids[2]:02x}.0/local_cpulist")
+                             .read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def bind_to_gpu_cpus() -> str:
+    """Lever for several GPU ranks on one host (WORKBENCH_BIND_CPUS=1; off by default until measured): pin this rank
+    to its share of the CPUs near its GPU, so two ranks' launch threads neither share cores nor cross NUMA nodes.
+    Returns a line for the run's log."""
+    if os.environ.get("WORKBENCH_BIND_CPUS", "0") != "1" or not inside_launch():
+        return ""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "CPU binding: skipped (no GPU)"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
+    allowed = sorted(os.sched_getaffinity(0))
+    known = [_gpu_cpus(i) for i in range(min(local_world, torch.cuda.device_count()))]
+    cpus_per_gpu = [c if c else allowed for c in known]
+    cpus = share_of_cpus(local_device_index(), cpus_per_gpu, allowed)
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), len(cpus))))
+    where = "near its GPU" if known[local_device_index()] else "of all (the GPU's NUMA node is unknown)"
+    return f"CPU binding: rank {rank()} on CPUs {cpus[0]}-{cpus[-1]} ({len(cpus)} {where})"
+
+
 def on_gpus() -> bool:
     """Whether the ranks talk over NCCL (one GPU each), where every collective makes the host wait for its GPU."""
     import torch.distributed as dist

@@ -288,6 +288,9 @@ def _evaluate_after_training(run_id: str, cfg: RunConfig) -> None:
 def main(run_dir: Path, resume: bool) -> int:
     run_id = run_dir.name
     if distributed.inside_launch():  # a rank started by run_supervised: the supervisor holds the slot
+        bound = distributed.bind_to_gpu_cpus()
+        if bound:
+            print(bound, flush=True)
         state = run_training(run_dir, resume)
         print(f"run {run_id} rank {distributed.rank()}: {state}")
         return 0 if state in ("completed", "stopped") else 1
