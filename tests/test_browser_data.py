@@ -53,6 +53,9 @@ def test_data_tab_dbdemos_search_filter_clean_preview_leakage(app_server, page, 
         f"() => !/of {matching:,} matching/.test(document.querySelector('#data-summary').innerText)")
     dup_matching = int(re.search(r"of ([\d,]+) matching", summary.inner_text()).group(1).replace(",", ""))
     assert dup_matching < matching
+    # every row shown is marked in the narrow 'dup' column with a word, not a wrapped true/false
+    first_row = page.locator("#data-table [role=row]").nth(1).inner_text()
+    assert "yes" in first_row.split() and "true" not in first_row.lower()
 
     # the formatted example: the chat template with the answer tokens marked as loss-bearing
     example = page.locator("#data-example")

@@ -119,6 +119,9 @@ def _refresh(state, query, min_chars, max_chars, view, page=1):
     view_rows = part[cols].copy()
     for col in ("instruction", "output"):
         view_rows[col] = view_rows[col].map(_cut)
+    for col in ("duplicate", "flagged"):  # a word that fits a narrow column, and is blank where nothing is wrong
+        view_rows[col] = view_rows[col].map(lambda v: "yes" if v else "")
+    view_rows = view_rows.rename(columns={"a_chars": "chars", "duplicate": "dup", "flagged": "flag"})  # fit headers
     lengths = table.melt(value_vars=["q_chars", "a_chars"], var_name="field", value_name="characters")
     lengths["field"] = lengths["field"].map({"q_chars": "question", "a_chars": "answer"})
     fig = px.histogram(lengths, x="characters", color="field", nbins=60, barmode="overlay",
@@ -320,7 +323,7 @@ def build(demo: gr.Blocks) -> None:
         max_chars = gr.Number(0, label="Answer length ≤ (0 = any)", precision=0)
         view = gr.Dropdown(list(browse.VIEWS), value="all rows", label="Show", elem_id="data-view")
     table = gr.Dataframe(interactive=False, wrap=True, max_height=560, elem_id="data-table",
-                         column_widths=["7%", "7%", "38%", "36%", "5%", "4%", "3%"])
+                         column_widths=["6%", "6%", "36%", "36%", "6%", "5%", "5%"])
     with gr.Row():
         prev_page = gr.Button("◀ Previous page", size="sm", elem_id="data-prev")
         page = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="data-page", scale=0, min_width=90)
