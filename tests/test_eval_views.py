@@ -101,6 +101,35 @@ def test_notices_empty_state_leakage_and_failed_evaluation():
     assert "has no metrics yet" in metrics_tab.notice_html("20250101-000002-none", None)
 
 
+@pytest.mark.parametrize("damage", [b'{"base": ', b"\xff\xfe not utf-8", b"[1, 2]", b'{"tuned": {}}'])
+def test_a_damaged_metrics_file_is_named_not_shown_as_never_scored(damage):
+    """A truncated, non-UTF-8 or foreign metrics.json: the tab says the file is damaged and how to rewrite it (not
+    'no metrics yet', not a crash); the compare view and the export skip or refuse it the same way."""
+    run_id = scored_run("20250101-000003-damaged")
+    (paths.runs_dir() / run_id / "metrics.json").write_bytes(damage)
+    assert evaluate.read_metrics(run_id) is None
+    assert "metrics.json of run 20250101-000003-damaged is damaged" in evaluate.metrics_damage(run_id)
+    notice = metrics_tab.notice_html(run_id, evaluate.read_metrics(run_id))
+    assert "id='metrics-damaged'" in notice and "press <b>Evaluate</b>" in notice and "no metrics yet" not in notice
+    with pytest.raises(ValueError, match="is damaged.*score the run again"):
+        metrics_tab.export_files(run_id, "CSV")
+    assert metrics_tab.compare_table([run_id]).empty
+    fine = scored_run("20250101-000004-fine")
+    assert evaluate.metrics_damage(fine) == "" and evaluate.predictions_damage(fine) == ""
+
+
+@pytest.mark.parametrize("damage", [b'{"question": ', b"\xff\xfe", b"[1]\n"])
+def test_damaged_predictions_keep_the_scores_and_say_why_the_examples_are_missing(damage):
+    run_id = scored_run("20250101-000005-badpred")
+    (paths.runs_dir() / run_id / "predictions.jsonl").write_bytes(damage)
+    assert evaluate.read_predictions(run_id) == []
+    notice = metrics_tab.notice_html(run_id, evaluate.read_metrics(run_id))
+    assert "predictions.jsonl of run 20250101-000005-badpred is damaged" in notice
+    assert metrics_tab.examples_table(evaluate.read_predictions(run_id)).empty
+    with pytest.raises(ValueError, match="predictions.jsonl .* is damaged"):  # no half export
+        metrics_tab.export_files(run_id, "JSON")
+
+
 def test_compare_table_lists_scored_runs_only():
     a, b = scored_run("20250101-000003-a"), scored_run("20250101-000004-b", leaked=True)
     folder = paths.runs_dir() / "20250101-000005-unscored"

@@ -86,7 +86,7 @@ def read_progress(run_id: str) -> dict | None:
         return None
     try:
         return json.loads(runs.RunFolder(run_dir).eval_progress.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # missing or half-written: "starting"
         return {"fraction": 0.0, "phase": "load", "phase_label": _PHASE_LABELS["load"], "done": 0, "total": 0,
                 "message": "starting"}
 
@@ -392,19 +392,51 @@ def write_results(run_dir: Path, metrics: dict, predictions: list[dict]) -> None
 
 
 def read_metrics(run_id: str) -> dict | None:
+    """A run's metrics.json, or None when it has none or it is damaged (`metrics_damage` says which)."""
+    return _metrics_and_damage(run_id)[0]
+
+
+def metrics_damage(run_id: str) -> str:
+    """Why a run's metrics.json cannot be read ('' when it is fine or absent), for the views to say instead of
+    showing the run as never scored."""
+    return _metrics_and_damage(run_id)[1]
+
+
+def _metrics_and_damage(run_id: str) -> tuple[dict | None, str]:
     try:
-        return json.loads(runs.folder(run_id).metrics.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
-        return None
+        path = runs.folder(run_id).metrics
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, runs.RunError):
+        return None, ""
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path.name} of run {run_id} is damaged ({type(e).__name__}: {str(e)[:120]})"
+    if not isinstance(data, dict) or not isinstance(data.get("base"), dict):
+        return None, f"{path.name} of run {run_id} is damaged (not the metrics object the evaluation writes)"
+    return data, ""
 
 
 def read_predictions(run_id: str) -> list[dict]:
+    """A run's per-example answers; [] when it has none or the file is damaged (`predictions_damage` says which)."""
+    return _predictions_and_damage(run_id)[0]
+
+
+def predictions_damage(run_id: str) -> str:
+    return _predictions_and_damage(run_id)[1]
+
+
+def _predictions_and_damage(run_id: str) -> tuple[list[dict], str]:
     from workbench.data.dataset import read_jsonl
 
     try:
-        return read_jsonl(runs.folder(run_id).predictions)
-    except (FileNotFoundError, json.JSONDecodeError, runs.RunError):
-        return []
+        path = runs.folder(run_id).predictions
+        rows = read_jsonl(path)
+    except (FileNotFoundError, runs.RunError):
+        return [], ""
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [], f"{path.name} of run {run_id} is damaged ({type(e).__name__}: {str(e)[:120]})"
+    if not all(isinstance(r, dict) for r in rows):
+        return [], f"{path.name} of run {run_id} is damaged (a line is not an answer record)"
+    return rows, ""
 
 
 # -- the base model alone ----------------------------------------------------------------------

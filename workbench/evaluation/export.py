@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from workbench.evaluation import scoring
-from workbench.evaluation.evaluate import EvalError, read_metrics, read_predictions
+from workbench.evaluation.evaluate import (EvalError, metrics_damage, predictions_damage, read_metrics,
+                                           read_predictions)
 
 EXPORT_FORMATS = ("csv", "json")
 
@@ -21,9 +22,15 @@ def export(run_id: str, metrics_file: str | Path) -> list[Path]:
     if fmt not in EXPORT_FORMATS:
         raise EvalError(f"Export to a .csv or .json file (got '{out.name}'), e.g. --export {run_id}.csv.")
     metrics = read_metrics(run_id)
+    if not metrics and metrics_damage(run_id):
+        raise EvalError(f"{metrics_damage(run_id)}; score the run again to rewrite it: "
+                        f"`python -m workbench eval --run {run_id}` (or Evaluate in the Metrics tab).")
     if not metrics:
         raise EvalError(f"Run '{run_id}' has no metrics to export yet; evaluate it first: "
                         f"`python -m workbench eval --run {run_id}` (or Evaluate in the Metrics tab).")
+    if predictions_damage(run_id):
+        raise EvalError(f"{predictions_damage(run_id)}; score the run again to rewrite it: "
+                        f"`python -m workbench eval --run {run_id}`.")
     predictions = read_predictions(run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     pred_file = out.with_name(f"{out.stem}-predictions.{fmt}")

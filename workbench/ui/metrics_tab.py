@@ -178,6 +178,11 @@ def notice_html(run_id: str | None, metrics: dict | None) -> str:
                      f"{status['eval_error']}</div>")
     if not metrics and scoring_now:
         return "".join(parts)
+    damage = "" if metrics else evaluate.metrics_damage(run_id)
+    if damage:
+        parts.append(f"<div class='wb-error' id='metrics-damaged'><b>{html.escape(damage)}.</b> Its scores cannot be "
+                     f"shown; press <b>Evaluate</b> to score the run again (it rewrites the file).</div>")
+        return "".join(parts)
     if not metrics:
         parts.append(EMPTY if not any(evaluate.read_metrics(r["id"]) for r in runs.list_runs()) else
                      f"<div class='wb-empty' id='metrics-empty'>Run {run_id} has no metrics yet"
@@ -188,6 +193,10 @@ def notice_html(run_id: str | None, metrics: dict | None) -> str:
     if leak.get("flagged"):
         parts.append(f"<div class='wb-error' id='metrics-leakage' style='font-size:1.15em'><b>⚠ {leak['message']}"
                      f"</b></div>")
+    damage = evaluate.predictions_damage(run_id)
+    if damage:
+        parts.append(f"<div class='wb-warn' id='metrics-predictions-damaged'>{html.escape(damage)}: the per-example "
+                     f"table is empty. Press <b>Evaluate</b> to score the run again.</div>")
     cached = " Base-model results came from the cache." if metrics.get("base_cached") else ""
     parts.append(f"<div id='metrics-info'>{metrics['eval_examples']} held-out questions · "
                  f"{metrics['answer_tokens']} reference answer tokens · {metrics.get('model', '')} · scored "
