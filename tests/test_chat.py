@@ -116,6 +116,31 @@ def test_sides_are_checked_before_any_model_loads(adapter_runs):
     assert [r["id"] for r in chat.chat_runs()] == [other_base.name, RUN_B, RUN_A]  # only runs with an adapter
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "empty config"])
+def test_a_damaged_adapter_is_named_before_any_model_loads(adapter_runs, damage):
+    """A run whose adapter/ files are damaged: chat and evaluation refuse it with the file's problem and what to do,
+    before loading the model (a half-loaded adapter would leave LoRA layers in the shared base model)."""
+    from workbench.evaluation import evaluate
+
+    adapter = paths.runs_dir() / RUN_A / "adapter"
+    if damage == "truncated weights":
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (adapter / "adapter_config.json").write_text("")
+    before = dict(chat._HELD)
+    with pytest.raises(chat.ChatError, match=f"The adapter of run '{RUN_A}' is damaged .*train the run again"):
+        list(chat.chat_pair("base", RUN_A, "q"))
+    assert chat._HELD == before  # no model was loaded or touched
+    with pytest.raises(evaluate.EvalError, match=f"The adapter of run '{RUN_A}' is damaged"):
+        evaluate.evaluate_run(RUN_A)
+    assert runs.folder(RUN_B).adapter_damage() == ""
+    from workbench.ui import metrics_tab
+
+    button, why = metrics_tab.evaluate_button(RUN_A)  # the Metrics tab says so before Evaluate is pressed
+    assert button["interactive"] is False and "is damaged" in why
+
+
 @pytest.mark.integration
 def test_cli_chat_prints_both_answers(adapter_runs, plain_base_answer):
     result = run_cli("chat", "--run", RUN_A, QUESTION, "--max-new-tokens", "24")

@@ -34,3 +34,28 @@ def test_data_tab_loads_and_maps_the_sample(client):
 def test_a_visitor_without_a_policy_is_an_admin_and_a_bad_path_gets_a_plain_error(client):
     msg, *_ = client.predict("file path", "/etc/passwd", None, api_name="/_load")
     assert "wb-error" in msg and "Only files inside" in msg
+
+
+def test_a_chat_that_fails_says_why_and_leaves_stop_and_votes_off(client):
+    """The Chat tab's send on a run whose adapter is damaged: the reason reaches the page (not a bare 'Error'), and
+    the last update puts Stop and the vote buttons back off, with 'Failed' where the status was 'Preparing…'."""
+    from gradio_client.exceptions import AppError
+
+    from workbench import paths
+    from workbench.chat import session as chat
+
+    run = paths.runs_dir() / "20250101-000000-damaged"
+    (run / "adapter").mkdir(parents=True)
+    from workbench.config import RunConfig
+
+    RunConfig().save(run / "config.yaml")
+    (run / "status.json").write_text('{"state": "completed"}')
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00")  # a header cut short
+    job = client.submit("What is Delta Lake?", [], [], run.name, chat.BASE, False, "", 0.0, 1.0,
+                        16, 0, api_name="/chat")
+    with pytest.raises(AppError, match="is damaged"):
+        job.result()
+    last = job.outputs()[-1]
+    assert "**Failed:**" in last[4] and "train the run again" in last[4]
+    assert all(update.get("interactive") is False for update in last[8:])  # 4 vote buttons and Stop

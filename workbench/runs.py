@@ -81,6 +81,23 @@ class RunFolder:
     def has_adapter(self) -> bool:
         return (self.adapter / "adapter_config.json").is_file()
 
+    def adapter_damage(self) -> str:
+        """Why the saved adapter cannot be loaded ('' when its config and its weights file read back), checked before
+        a model is touched: a half-loaded adapter would leave LoRA layers in the shared base model."""
+        config, weights = self.adapter / "adapter_config.json", self.adapter / "adapter_model.safetensors"
+        try:
+            if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:  # checks the header against the file's length
+                if not list(f.keys()):
+                    raise ValueError("it holds no weights")
+        except Exception as e:  # noqa: BLE001 - any failure to read the files is the damage to report
+            return (f"the adapter of run '{self.id}' is damaged ({type(e).__name__}: {str(e)[:160]}); train the run "
+                    f"again (or resume it from a checkpoint), or pick another run")
+        return ""
+
     # -- status -------------------------------------------------------------------------------
     def read_status(self) -> dict:
         """status.json as a dict. A missing file reads as state 'unknown'; a damaged one (not JSON, not an object,

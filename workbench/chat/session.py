@@ -141,6 +141,9 @@ def resolve_sides(left: str, right: str):
             state = runs.read_status(side).get("state", "unknown")
             raise ChatError(f"Run '{side}' has no trained adapter yet (state: {state}); pick a completed run "
                             f"(see `python -m workbench runs`).")
+        damage = runs.folder(side).adapter_damage()
+        if damage:
+            raise ChatError(damage[0].upper() + damage[1:] + ".")
         adapters[side], configs[side] = path, runs.load_run_config(side)
     first = next(iter(configs.values()))
     for run_id, cfg in configs.items():

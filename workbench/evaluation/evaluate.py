@@ -326,6 +326,9 @@ def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_
         state = runs.read_status(run_id).get("state", "unknown")
         raise EvalError(f"Run '{run_id}' has no trained adapter yet (state: {state}); evaluate it after training "
                         f"completes, or resume it first.")
+    damage = runs.folder(run_id).adapter_damage()
+    if damage:
+        raise EvalError(damage[0].upper() + damage[1:] + ".")
     records = eval_records(run_dir, cfg)
     progress = ProgressRecord(run_dir, len(records), progress)
     progress(0.0, "starting")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import traceback
 
 import gradio as gr
 
@@ -203,10 +204,19 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
                    "" if update.finished else gr.skip(), pending, "", *[votable] * len(reviews.CHOICES),
                    gr.update(interactive=not update.finished))
     except (chat.ChatError, runs.RunError) as e:
-        raise gr.Error(str(e)) from None
+        failure = str(e)
+    except Exception as e:  # noqa: BLE001 - an unforeseen failure still gets its message and leaves a sane page
+        traceback.print_exc()
+        failure = f"The answer failed ({type(e).__name__}: {str(e)[:300]}); the app's log has the details."
+    else:
+        return
     finally:
         if _STOPS.get(key) is stop:
             _STOPS.pop(key, None)
+    off = gr.update(interactive=False)  # nothing is generating any more: Stop and the votes go off
+    yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Failed:** {failure}", gr.skip(), None, "",
+           *[off] * len(reviews.CHOICES), off)
+    raise gr.Error(failure)
 
 
 def _stop(request: gr.Request):

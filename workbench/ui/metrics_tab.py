@@ -220,6 +220,8 @@ def evaluate_button(run_id: str | None):
     reason = evaluate.refusal(run_id)
     if reason is None and runs.adapter_path(run_id) is None:
         reason = f"Run '{run_id}' has no trained adapter yet; it can be scored once training completes."
+    elif reason is None:
+        reason = runs.folder(run_id).adapter_damage() or None
     return gr.update(interactive=reason is None), (f"*Evaluate is unavailable: {reason}*" if reason else "")
 
 
