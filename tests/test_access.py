@@ -139,10 +139,18 @@ def test_path_traversal_is_refused_through_the_server(server):
     alice = client(server, "alice")
     ok, msg = call(alice, "/_push", "../../etc", "alice/x", True, False)
     assert not ok and "not a valid run id" in msg
-    ok, msg = call(alice, "/_plan", "../../../etc/passwd")
-    assert not ok and "climbs out" in msg
-    ok, msg = call(alice, "/_plan", "/etc/passwd")
-    assert not ok and "absolute path" in msg
+    # the Space manifest is picked by name from the server's list: no path (inside the app folder or out) is read
+    for name in ("../../../etc/passwd", "/etc/passwd", "app.py", "requirements.txt", ".workbench/runs"):
+        ok, msg = call(alice, "/_plan", name)
+        assert not ok and "not in the list of choices: ['space.yaml']" in msg, (name, msg)  # gradio's own check
+    import gradio as gr
+
+    from workbench.ui import deploy_tab
+
+    for name in ("app.py", ".workbench/data/reviews.sqlite", "../space.yaml"):  # and the handler's, behind it
+        with pytest.raises(gr.Error, match="is not one of the Space manifests in the app folder"):
+            deploy_tab._config_path(name)
+    assert deploy_tab._config_path("space.yaml").name == "space.yaml"
 
 
 def test_visitors_read_only_see_views_and_visitors_none_see_nothing(server):

@@ -10,16 +10,25 @@ from workbench import paths, runs
 from workbench.deploy import hub_export
 from workbench.deploy import space
 from workbench.deploy import space_deploy
-from workbench.safety import UnsafeInput, redact, safe_join
+from workbench.safety import redact, safe_join
 from workbench.ui import guard
 
 
-def _config_path(text: str):
-    """space.yaml paths are relative to the app folder; nothing outside it is read."""
-    try:
-        return safe_join(paths.REPO_ROOT, (text or "space.yaml").strip())
-    except UnsafeInput as e:
-        raise gr.Error(str(e)) from None
+def manifests() -> list[str]:
+    """The Space manifests the tab may read: space*.yaml / space*.yml files in the app folder, listed by the server."""
+    return sorted(p.name for pattern in ("space*.yaml", "space*.yml") for p in paths.REPO_ROOT.glob(pattern)
+                  if p.is_file())
+
+
+def _config_path(name: str):
+    """The manifest a request picks, by name from the server's own list: a request never names a path the app then
+    reads (any other file of the app folder, e.g. a run's config, would otherwise be parsed and its keys echoed)."""
+    name = (name or "space.yaml").strip()
+    known = manifests()
+    if name not in known:
+        raise gr.Error(f"'{name[:80]}' is not one of the Space manifests in the app folder "
+                       f"({', '.join(known) or 'none: add a space.yaml'}); pick one from the list.")
+    return safe_join(paths.REPO_ROOT, name)
 
 
 def _capture(fn, *args, **kwargs) -> str:
@@ -108,7 +117,9 @@ def build(demo: gr.Blocks) -> None:
         gr.Markdown("`space.yaml` describes the Space: hardware, privacy, sleep time, storage volume, secret names, "
                     "who may train. **Show plan** validates it and lists the exact Hub calls without contacting "
                     "anything; the command line does the same: `python -m workbench deploy --dry-run`.")
-        config = gr.Textbox("space.yaml", label="Manifest (relative to the app folder)", max_lines=1)
+        found = manifests()
+        config = gr.Dropdown(found, value="space.yaml" if "space.yaml" in found else (found or [None])[0],
+                             label="Manifest (a space*.yaml file in the app folder)", elem_id="deploy-manifest")
         with gr.Row():
             plan_btn = gr.Button("Show plan (dry run)")
             deploy_btn = gr.Button("Deploy now", variant="stop")
