@@ -141,6 +141,24 @@ def test_a_damaged_adapter_is_named_before_any_model_loads(adapter_runs, damage)
     assert button["interactive"] is False and "is damaged" in why
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe\n", b'{"instruction": \n', b"[1, 2]\n"])
+def test_a_damaged_split_file_is_named_and_never_half_used(adapter_runs, damage):
+    """data/eval.jsonl or data/train.jsonl cut short, not UTF-8, or not records: evaluation refuses with the file
+    named (never scores part of the split or skips the leakage check); the Chat tab only loses its examples."""
+    from workbench.evaluation import evaluate
+    from workbench.ui import chat_tab
+
+    data = paths.runs_dir() / RUN_A / "data"
+    (data / "eval.jsonl").write_bytes(damage)
+    assert chat_tab.example_questions(RUN_A) == []
+    with pytest.raises(evaluate.EvalError, match="eval.jsonl is damaged"):
+        evaluate.evaluate_run(RUN_A)
+    shutil.copy(paths.runs_dir() / RUN_B / "data" / "eval.jsonl", data / "eval.jsonl")
+    (data / "train.jsonl").write_bytes(damage)
+    with pytest.raises(evaluate.EvalError, match="train.jsonl is damaged"):
+        evaluate.evaluate_run(RUN_A)
+
+
 @pytest.mark.integration
 def test_cli_chat_prints_both_answers(adapter_runs, plain_base_answer):
     result = run_cli("chat", "--run", RUN_A, QUESTION, "--max-new-tokens", "24")

@@ -142,17 +142,26 @@ def _has_gpu() -> bool:
 
 def eval_records(run_dir: Path, cfg: RunConfig) -> list[dict]:
     """The run's held-out split (data/eval.jsonl), capped at eval.max_examples."""
-    from workbench.data.dataset import read_jsonl
-
     path = runs.RunFolder(run_dir).eval_data
     if not path.is_file():
         raise EvalError(f"{path} is missing: this run has no held-out split. Start a new run (the split is "
                         f"written when the run is created).")
+    return _cap(_run_jsonl(path), cfg.eval.max_examples, path)
+
+
+def _run_jsonl(path: Path) -> list[dict]:
+    """A JSONL file of the run folder (the split written when the run was created), or EvalError saying it is
+    damaged: scoring never goes on with part of it."""
+    from workbench.data.dataset import read_jsonl
+
     try:
         records = read_jsonl(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvalError(f"{path} is not valid JSONL ({e}); the run folder was changed by hand. Start a new run.")
-    return _cap(records, cfg.eval.max_examples, path)
+        if not all(isinstance(r, dict) for r in records):
+            raise ValueError("a line is not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise EvalError(f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}); the run folder was changed by "
+                        f"hand or cut short. Start a new run.") from None
+    return records
 
 
 def _cap(records: list[dict], limit: int, where) -> list[dict]:
@@ -167,14 +176,14 @@ def leakage_report(run_dir: Path, records: list[dict]) -> dict:
     """Eval rows whose normalized question or answer also occurs in the run's training data."""
     import pandas as pd
 
-    from workbench.data.dataset import leakage, leakage_message, read_jsonl
+    from workbench.data.dataset import leakage, leakage_message
 
     train_path = runs.RunFolder(run_dir).train_data
     if not train_path.is_file():
         return {"checked": False, "flagged": False,
                 "message": "Leakage not checked: the run has no data/train.jsonl."}
     columns = ["id", "instruction", "output"]
-    train = pd.DataFrame(read_jsonl(train_path), columns=columns).fillna("")
+    train = pd.DataFrame(_run_jsonl(train_path), columns=columns).fillna("")
     report = leakage(train, pd.DataFrame(records, columns=columns).fillna(""))
     return {**report, "checked": True, "flagged": report["leaked_rows"] > 0, "message": leakage_message(report)}
 
