@@ -122,3 +122,25 @@ def test_cli_prints_the_win_rate_and_exports_every_vote(tmp_path):
         assert len(list(csv.DictReader(fh))) == 3
     bad = run_cli("reviews", "--run", "../../x")
     assert bad.returncode == 1 and "not a valid run id" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_damaged_review_store_is_named_left_untouched_and_breaks_no_view():
+    """reviews.sqlite overwritten with other bytes: reading and voting refuse with the file named (not a bare
+    sqlite error), the file keeps its bytes (nothing recreated over the votes it may still hold), the Chat tally and
+    the Metrics row say the results are unavailable, and the CLI exits 1 with the message."""
+    from workbench.ui import chat_tab, metrics_tab
+
+    vote("right")
+    damaged = b"this is not a database " * 200
+    reviews.db_path().write_bytes(damaged)
+    for wal in ("-wal", "-shm"):
+        reviews.db_path().with_name(reviews.db_path().name + wal).unlink(missing_ok=True)
+    with pytest.raises(reviews.ReviewError, match="review store .*reviews.sqlite is damaged"):
+        reviews.votes(RUN)
+    with pytest.raises(reviews.ReviewError, match="is damaged"):
+        vote("left")
+    assert reviews.db_path().read_bytes() == damaged
+    assert "Blind-review results unavailable" in chat_tab.tally_text(RUN) and "is damaged" in chat_tab.tally_text(RUN)
+    assert "unavailable" in metrics_tab.win_rate_row(RUN)[3]
+    out = run_cli("reviews", "--run", RUN)
+    assert out.returncode == 1 and "is damaged" in out.stderr and "Traceback" not in out.stderr

@@ -58,14 +58,22 @@ def db_path() -> Path:
 
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """A fresh connection with WAL, a busy timeout and the schema in place (cheap; one per operation)."""
-    conn = sqlite3.connect(path or db_path(), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: the WAL switch below may have to wait
-    _use_wal(conn)
-    conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a committed vote survives an app crash
-    conn.executescript(_SCHEMA)
-    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        _migrate(conn)
+    path = path or db_path()
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: the WAL switch below may have to wait
+        _use_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a committed vote survives an app crash
+        conn.executescript(_SCHEMA)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            _migrate(conn)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            raise
+        raise ReviewError(f"The review store {path} is damaged ({e}); no vote can be read or cast until it is "
+                          f"restored from a backup or moved aside (the app leaves the file as it is).") from None
     return conn
 
 
