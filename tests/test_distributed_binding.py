@@ -62,3 +62,18 @@ def test_two_gpu_ranks_are_bound_to_disjoint_cpus():
     ranks = [_bind_in_a_rank(r, 2, {"WORKBENCH_BIND_CPUS": "1"}) for r in (0, 1)]
     assert all(r["line"].startswith(f"CPU binding: rank {i} on CPUs") for i, r in enumerate(ranks))
     assert ranks[0]["cpus"] and ranks[1]["cpus"] and not set(ranks[0]["cpus"]) & set(ranks[1]["cpus"])
+
+
+def test_a_damaged_replica_record_means_the_replicas_do_not_agree(tmp_path):
+    """rank-*.json cut short or not UTF-8 (a rank killed while writing, before records were written atomically):
+    the supervisor's check answers 'do not agree' instead of crashing after the training finished."""
+    folder = tmp_path / "run" / "replicas"
+    folder.mkdir(parents=True)
+    good = json.dumps({"rank": 0, "world_size": 2, "step": 4, "lora_sha256": "abc"})
+    (folder / "rank-0.json").write_text(good)
+    (folder / "rank-1.json").write_text(good.replace('"rank": 0', '"rank": 1'))
+    assert distributed.replicas_agree(tmp_path / "run", 2) is True
+    for damage in (b'{"rank": 1, "lora_sha', b"\xff\xfe", b"[]"):
+        (folder / "rank-1.json").write_bytes(damage)
+        assert distributed.replicas_agree(tmp_path / "run", 2) is False
+        assert distributed.replicas(tmp_path / "run")[1] == {"damaged": "rank-1.json"}

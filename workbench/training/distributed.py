@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from workbench.config import RunConfig
+from workbench.paths import atomic_write
 from workbench.runs import RunFolder
 
 
@@ -203,15 +204,24 @@ def record_replica(run_dir: Path, model, step: int) -> None:
         return
     folder = RunFolder(run_dir).replicas
     folder.mkdir(exist_ok=True)
-    (folder / f"rank-{rank()}.json").write_text(json.dumps({"rank": rank(), "world_size": world_size(),
-                                                            "step": step, "lora_sha256": lora_digest(model)}))
+    atomic_write(folder / f"rank-{rank()}.json", json.dumps({"rank": rank(), "world_size": world_size(),
+                                                             "step": step, "lora_sha256": lora_digest(model)}))
 
 
 def replicas(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(RunFolder(run_dir).replicas.glob("rank-*.json"))]
+    """Each rank's record; a damaged one reads as a record without a digest (so the replicas do not agree)."""
+    out = []
+    for p in sorted(RunFolder(run_dir).replicas.glob("rank-*.json")):
+        try:
+            record = json.loads(p.read_text(encoding="utf-8"))
+            out.append(record if isinstance(record, dict) else {"damaged": p.name})
+        except (OSError, UnicodeDecodeError, ValueError):
+            out.append({"damaged": p.name})
+    return out
 
 
 def replicas_agree(run_dir: Path, processes: int) -> bool:
     """Every rank recorded its adapter, and all the digests are the same."""
     recorded = replicas(run_dir)
-    return len(recorded) == processes and len({r["lora_sha256"] for r in recorded}) == 1
+    digests = {r.get("lora_sha256") for r in recorded}
+    return len(recorded) == processes and len(digests) == 1 and None not in digests
