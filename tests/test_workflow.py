@@ -40,6 +40,29 @@ def fake_run(run_id="20250101-000000-flow", state="completed", events=None):
 
 # -- 13.1 the Data tab's dataset is what trains --------------------------------------------------
 
+@pytest.mark.parametrize("which,damage", [("manifest", b'{"rows": '), ("manifest", b"\xff\xfe"),
+                                          ("manifest", b"[]"), ("records", b'{"id": "r0", "instr'),
+                                          ("records", b"\xff\xfe\n")])
+def test_a_damaged_saved_dataset_is_said_in_both_tabs_and_its_files_are_kept(which, damage):
+    """The Data tab's saved dataset (manifest or records) cut short or not UTF-8: the Data tab opens the sample with
+    the reason above it (not silently, not a crash), the Train tab says so where it names what Start trains on, and
+    the files keep their bytes until a new save replaces them."""
+    from workbench.ui import data_tab, train_tab
+
+    workspace.save(sample_table().head(20), "the shipped sample")
+    path = workspace.manifest_path() if which == "manifest" else workspace.records_path()
+    path.write_bytes(damage)
+    assert workspace.load() is None and f"{path.name} is damaged" in workspace.damage()
+    state, msg, *_ = data_tab._load_unless_open("sample (shipped)", "", None, data_tab._empty_state())
+    assert "saved training dataset cannot be opened" in msg and f"{path.name} is damaged" in msg
+    assert "Loaded **78 rows**" in msg  # the sample instead, said
+    text = train_tab.dataset_text(train_tab.DATA_TAB)
+    assert "saved dataset is damaged" in text and path.name in text
+    assert path.read_bytes() == damage
+    workspace.save(sample_table().head(20), "the shipped sample")  # a new save replaces the damaged files
+    assert workspace.damage() == "" and workspace.load()[1]["rows"] == 20
+
+
 def test_saved_dataset_is_what_a_run_trains_on_and_survives_a_new_process():
     table, report = cleaning.apply_steps(sample_table(), ["drop_short_answers", "drop_duplicate_pairs"])
     table = table.head(60)

@@ -52,22 +52,54 @@ def save(table: pd.DataFrame, source: str, mapping: dict | None = None, steps: l
 
 
 def manifest() -> dict | None:
-    """The saved dataset's manifest, or None when nothing is saved (or its records file is gone)."""
+    """The saved dataset's manifest, or None when nothing is saved, its records file is gone, or the manifest is
+    damaged (`damage()` says so)."""
+    return _manifest_and_damage()[0]
+
+
+def _manifest_and_damage() -> tuple[dict | None, str]:
     try:
         data = json.loads(manifest_path().read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if records_path().is_file() else None
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"{manifest_path()} is damaged ({type(e).__name__}: {str(e)[:120]})"
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), int):
+        return None, f"{manifest_path()} is damaged (not the manifest the Data tab writes)"
+    return (data if records_path().is_file() else None), ""
+
+
+def _records() -> list[dict]:
+    from workbench.data.dataset import read_jsonl
+
+    rows = read_jsonl(records_path())
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError("a line is not a record")
+    return rows
+
+
+def damage() -> str:
+    """Why the saved dataset cannot be opened ('' when it can, or when nothing is saved). Its files are left as they
+    are; saving a new dataset from the Data tab replaces them."""
+    meta, why = _manifest_and_damage()
+    if why or meta is None:
+        return why
+    try:
+        _records()
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{records_path()} is damaged ({type(e).__name__}: {str(e)[:120]})"
+    return ""
 
 
 def load() -> tuple[pd.DataFrame, dict] | None:
-    """(records table, manifest) of the saved dataset, or None."""
-    from workbench.data.dataset import read_jsonl
-
+    """(records table, manifest) of the saved dataset, or None (nothing saved, or damaged: `damage()`)."""
     meta = manifest()
     if meta is None:
         return None
-    rows = read_jsonl(records_path())
+    try:
+        rows = _records()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
     table = pd.DataFrame(rows, columns=["id"] + RECORD_COLUMNS).fillna("").astype(str)
     return table, meta
 

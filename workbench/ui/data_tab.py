@@ -3,6 +3,7 @@ the formatted example exactly as the model sees it, leakage, export."""
 from __future__ import annotations
 
 import functools
+import html
 import tempfile
 from pathlib import Path
 
@@ -295,7 +296,14 @@ def _load_unless_open(kind, path, upload, state, request: gr.Request = None):
     """On page load, when no saved dataset was opened: the usual Load (the shipped sample)."""
     if state.get("table") is not None:
         return (state, gr.skip(), *[gr.skip()] * len(FIELDS))
-    return _load(kind, path, upload, state, request)
+    out = _load(kind, path, upload, state, request)
+    why = workspace.damage()
+    if why:  # said, not skipped: the user expects their cleaned dataset here, and gets the sample instead
+        note = (f"<div class='wb-error' id='data-saved-damaged'>The saved training dataset cannot be opened: "
+                f"{html.escape(why)}. The shipped sample is shown instead; load your source again (saving replaces "
+                f"the damaged files).</div>")
+        out = (out[0], f"{note}\n\n{out[1]}", *out[2:])
+    return out
 
 
 def build(demo: gr.Blocks) -> None:

@@ -138,6 +138,11 @@ def dataset_text(data_choice, preset_name="quick-demo-cpu") -> str:
         return ("<div id='train-dataset'><b>Trains on:</b> preference pairs (chosen under “Preference tuning” "
                 "below); the Metrics tab scores it on the parent run's held-out questions.</div>")
     if data_choice == DATA_TAB:
+        why = workspace.damage()  # reads the records once: Start would fail on them
+        if why:
+            return (f"<div class='wb-error' id='train-dataset'>The Data tab's saved dataset is damaged: "
+                    f"{html.escape(why)}. Load the data in the Data tab again, or choose “The data settings "
+                    f"below”.</div>")
         if meta is None:
             return ("<div class='wb-warn' id='train-dataset'>No dataset saved from the Data tab yet: load and clean one "
                     "there (it is saved as you go), or choose “The data settings below”.</div>")
