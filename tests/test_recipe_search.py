@@ -93,6 +93,34 @@ def test_short_trials_train_a_fixed_number_of_steps_and_use_trains_the_whole_rec
     assert (full.training.max_steps, full.training.epochs, full.lora.r) == (0, 3.0, 64)  # the whole schedule
 
 
+def test_settings_already_scored_are_not_trained_again_and_do_not_spend_the_budget():
+    """TPE may propose settings it already has a result for (the GPU proof lost one trial of eight that way): the
+    earlier result counts again (a pruned one stays pruned), no run is started, the budget counts trained trials only,
+    and a sampler that proposes only repeats ends the search."""
+    import optuna
+
+    sid = search.create_search(preset("quick-demo-cpu"), space={"training.learning_rate": [1e-3, 2e-4]}, trials=3)
+    data = search.read_search(sid)
+    scored, pruned = {"training.learning_rate": 1e-3}, {"training.learning_rate": 2e-4}
+    data["trials"] = [dict(number=0, params=scored, state="completed", eval_loss=1.25, run_id="r0", step=6,
+                           total_steps=6, reason=""),
+                      dict(number=1, params=pruned, state="pruned", eval_loss=2.5, run_id="r1", step=2, total_steps=6,
+                           reason="Pruned")]
+    trials = search._Trials(search.folder(sid), data, 0.01)
+    study = optuna.create_study(direction="minimize")
+    for params in (scored, pruned, *[scored] * 6):
+        study.enqueue_trial(params)
+    study.optimize(trials, n_trials=8, callbacks=[trials.stop_if_requested])
+    repeats = data["trials"][2:]
+    assert [t["state"] for t in repeats] == ["repeat"] * search.REPEATS_BEFORE_STOP  # then the search ended
+    assert [t.state.name for t in study.trials[:2]] == ["COMPLETE", "PRUNED"] and study.trials[0].value == 1.25
+    assert "same settings as trial 0" in repeats[0]["reason"] and repeats[1]["eval_loss"] == 2.5
+    assert search.trained_count(data) == 2 and runs.list_runs() == []  # nothing trained, budget not spent
+    assert search.best_trial(data)["number"] == 0
+    rows = search.trial_rows(data)
+    assert rows[2][1] == "repeat" and "nothing was trained" in rows[2][-1]
+
+
 def test_one_search_at_a_time_and_not_while_a_run_trains():
     base = preset("quick-demo-cpu")
     # A run holds the training slot (this process stands in for its trainer: a live pid).

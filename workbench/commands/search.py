@@ -106,7 +106,7 @@ def _list(search, as_json: bool) -> int:
     rows = search.list_searches()
     if as_json:
         print(json.dumps([{k: s.get(k) for k in ("id", "state", "reason", "budget", "best", "created_at")}
-                          | {"trials": len(s.get("trials", []))} for s in rows], indent=1))
+                          | {"trials": search.trained_count(s)} for s in rows], indent=1))
         return 0
     if not rows:
         print("No searches yet. Start one with `python -m workbench search --preset quick-demo-cpu --trials 3`.")
@@ -115,7 +115,7 @@ def _list(search, as_json: bool) -> int:
     for s in rows:
         best = s.get("best")
         text = f"trial {best['number']}: eval loss {best['eval_loss']:.4f}" if best else "—"
-        print(f"{s['id']:28} {s.get('state', '?'):12} {len(s.get('trials', [])):>6}  {text}")
+        print(f"{s['id']:28} {s.get('state', '?'):12} {search.trained_count(s):>6}  {text}")
         if s.get("reason"):
             print(f"{'':28} {s['reason'][:300]}")
     return 0

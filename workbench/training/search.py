@@ -31,10 +31,11 @@ from workbench.config import RunConfig
 from workbench.training import jobs
 from workbench.training.search_space import (  # noqa: F401 (the search's public names)
     ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, normalize_space, recipe_params,
-    size, target_name, trial_rows)
+    size, target_name, trained_count, trial_rows)
 
 ACTIVE = ("queued", "running", "stopping")
-FINISHED_TRIALS = ("completed", "pruned", "failed", "stopped")
+FINISHED_TRIALS = ("completed", "pruned", "failed", "stopped", "repeat")
+REPEATS_BEFORE_STOP = 5  # proposals in a row that repeat earlier settings: the search has converged and ends
 
 
 # -- where searches live ---------------------------------------------------------------------------
@@ -247,6 +248,10 @@ class _Trials:
         record = {"number": trial.number, "params": params, "state": "starting", "run_id": "", "eval_loss": None,
                   "step": 0, "total_steps": 0, "reason": ""}
         self.data["trials"].append(record)
+        earlier = next((t for t in self.data["trials"][:-1] if t.get("params") == params
+                        and t.get("state") in ("completed", "pruned")), None)
+        if earlier is not None:  # TPE may propose settings it has already scored: never train them twice
+            return self._repeat(trial, record, earlier, optuna)
         self.save()
         cfg = short_trial(apply(self.base, params), self.data["budget"].get("trial_steps", 0))
         cfg.name, cfg.eval.run_after_training = f"{self.data['id']}-trial-{trial.number}", False  # scored by loss
@@ -288,11 +293,29 @@ class _Trials:
         self._hold_slot(run.id)
         return self._outcome(trial, run, record, asked, optuna)
 
+    def _repeat(self, trial, record, earlier, optuna):
+        """Settings an earlier trial already ran: its result again, nothing trained, no trial of the budget spent."""
+        record.update(state="repeat", eval_loss=earlier["eval_loss"], run_id=earlier.get("run_id", ""),
+                      step=earlier.get("step", 0), total_steps=earlier.get("total_steps", 0),
+                      reason=f"The same settings as trial {earlier['number']}: its result counts again, nothing "
+                             f"was trained.")
+        self.save()
+        if earlier["state"] == "pruned" or earlier["eval_loss"] is None:
+            raise optuna.TrialPruned(record["reason"])
+        return earlier["eval_loss"]
+
     def stop_if_requested(self, study, _finished) -> None:
-        """After each trial: a stop asked for while the trial was ending ends the search here."""
+        """After each trial: a stop asked for while the trial was ending ends the search here; so does a spent
+        trial budget (repeats do not count) or a sampler that only repeats itself."""
         if (self.path / "STOP").exists():
             self.halt = self.halt or "Stopped on request."
             study.stop()
+        budget = self.data["budget"]["trials"]
+        if budget and trained_count(self.data) >= budget:
+            study.stop()
+        recent = self.data["trials"][-REPEATS_BEFORE_STOP:]
+        if len(recent) == REPEATS_BEFORE_STOP and all(t.get("state") == "repeat" for t in recent):
+            study.stop()  # the sampler has settled: more proposals would be the same settings again
 
     def _outcome(self, trial, run, record, asked, optuna):
         status = run.read_status()
@@ -407,7 +430,9 @@ def run_search(path: Path, poll_s: float = 1.0) -> str:
             storage=f"sqlite:///{path / 'study.db'}", study_name=data["id"], direction="minimize", sampler=sampler,
             pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0, n_min_trials=1))
         study.enqueue_trial(recipe_params(trials.base, space))  # trial 0: the starting recipe as it is
-        study.optimize(trials, n_trials=budget["trials"] or None, timeout=budget["minutes"] * 60 or None,
+        # repeats of scored settings are answered without training and do not spend the budget: the callback stops
+        # the study when `trials` trained trials are done (n_trials only bounds the proposals)
+        study.optimize(trials, n_trials=budget["trials"] * 3 or None, timeout=budget["minutes"] * 60 or None,
                        catch=(_TrialFailed,), callbacks=[trials.stop_if_requested])
         data.update(state="stopped" if trials.halt else "completed", reason=trials.halt)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as a readable 'failed' state

@@ -79,6 +79,11 @@ def apply(base: RunConfig, params: dict) -> RunConfig:
 
 # -- the table --------------------------------------------------------------------------------------
 
+def trained_count(data: dict) -> int:
+    """Trials of the budget spent: every trial but the repeats of settings already scored (nothing trained)."""
+    return sum(1 for t in data.get("trials", []) if t.get("state") != "repeat")
+
+
 COLUMNS = ["trial", "state", "layers", "r / alpha", "learning rate", "epochs", "eval loss", "steps", "run", "note"]
 
 

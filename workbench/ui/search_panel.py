@@ -38,7 +38,7 @@ def status_html(data: dict | None) -> str:
     found = f" · best{so_far}: trial {best['number']}, eval loss {best['eval_loss']:.4f}" if best else ""
     reason = f"<div class='wb-warn'>{html.escape(data['reason'])}</div>" if data.get("reason") else ""
     return (f"<div id='search-status'><b>{html.escape(data.get('id', ''))}: <span id='search-state'>{state}</span></b>"
-            f" · {len(data.get('trials', []))} trial(s) of at most {limit} · settings picked by "
+            f" · {search.trained_count(data)} trial(s) of at most {limit} · settings picked by "
             f"{html.escape(data.get('sampler', '?'))}{found}{reason}</div>")
 
 
