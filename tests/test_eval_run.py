@@ -138,11 +138,24 @@ def test_failed_evaluation_says_why_and_keeps_previous_results(adapter_dir):
     folder = runs.run_path(run_id)
     (folder / "metrics.json").write_text('{"previous": true}')
     (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(evaluate.EvalError, match="Evaluation failed"):
+    with pytest.raises(evaluate.EvalError, match=f"The adapter of run '{run_id}' is damaged"):  # before any model
         evaluate.evaluate_run(run_id)
     assert json.loads((folder / "metrics.json").read_text()) == {"previous": True}
     assert not (folder / "predictions.jsonl").exists()
     assert not list(folder.glob(".*.tmp*"))
+    assert runs.read_status(run_id)["eval_state"] == "failed"
+    # readable files that still cannot be used (a weight of the wrong shape): the failure inside the evaluation is
+    # reported the same way, and the previous results stay
+    from safetensors.torch import load_file, save_file
+
+    good = load_file(str(runs.run_path(build_run(adapter_dir, run_id="20250101-000003-good")) / "adapter"
+                         / "adapter_model.safetensors"))
+    key = next(iter(good))
+    good[key] = good[key][:, :1].contiguous()
+    save_file(good, str(folder / "adapter" / "adapter_model.safetensors"))
+    with pytest.raises(evaluate.EvalError, match="Evaluation failed"):
+        evaluate.evaluate_run(run_id)
+    assert json.loads((folder / "metrics.json").read_text()) == {"previous": True}
     assert runs.read_status(run_id)["eval_state"] == "failed"
 
     result = run_cli("eval", "--run", "../../etc")
