@@ -16,6 +16,8 @@ from pathlib import Path
 
 from workbench import models, paths, runs
 from workbench.evaluation import scoring
+from workbench.evaluation.results import (  # noqa: F401 (evaluate's public names for the views and the CLI)
+    metrics_damage, predictions_damage, read_metrics, read_predictions, write_results)
 from workbench.config import RunConfig
 
 CACHE_VERSION = 1  # bump when scoring changes so old cached base results are not reused
@@ -394,61 +396,6 @@ def prediction_rows(records: list[dict], base: dict, tuned: dict) -> list[dict]:
                      "base_looping": scoring.is_looping(base["answers"][i]),
                      "tuned_looping": scoring.is_looping(tuned["answers"][i])})
     return rows
-
-
-def write_results(run_dir: Path, metrics: dict, predictions: list[dict]) -> None:
-    """predictions.jsonl first, metrics.json last: metrics.json appearing means the evaluation finished."""
-    paths.atomic_write(runs.RunFolder(run_dir).predictions,
-                  "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    paths.atomic_write(runs.RunFolder(run_dir).metrics, json.dumps(metrics, indent=1, ensure_ascii=False))
-
-
-def read_metrics(run_id: str) -> dict | None:
-    """A run's metrics.json, or None when it has none or it is damaged (`metrics_damage` says which)."""
-    return _metrics_and_damage(run_id)[0]
-
-
-def metrics_damage(run_id: str) -> str:
-    """Why a run's metrics.json cannot be read ('' when it is fine or absent), for the views to say instead of
-    showing the run as never scored."""
-    return _metrics_and_damage(run_id)[1]
-
-
-def _metrics_and_damage(run_id: str) -> tuple[dict | None, str]:
-    try:
-        path = runs.folder(run_id).metrics
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, runs.RunError):
-        return None, ""
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{path.name} of run {run_id} is damaged ({type(e).__name__}: {str(e)[:120]})"
-    if not isinstance(data, dict) or not isinstance(data.get("base"), dict):
-        return None, f"{path.name} of run {run_id} is damaged (not the metrics object the evaluation writes)"
-    return data, ""
-
-
-def read_predictions(run_id: str) -> list[dict]:
-    """A run's per-example answers; [] when it has none or the file is damaged (`predictions_damage` says which)."""
-    return _predictions_and_damage(run_id)[0]
-
-
-def predictions_damage(run_id: str) -> str:
-    return _predictions_and_damage(run_id)[1]
-
-
-def _predictions_and_damage(run_id: str) -> tuple[list[dict], str]:
-    from workbench.data.dataset import read_jsonl
-
-    try:
-        path = runs.folder(run_id).predictions
-        rows = read_jsonl(path)
-    except (FileNotFoundError, runs.RunError):
-        return [], ""
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [], f"{path.name} of run {run_id} is damaged ({type(e).__name__}: {str(e)[:120]})"
-    if not all(isinstance(r, dict) for r in rows):
-        return [], f"{path.name} of run {run_id} is damaged (a line is not an answer record)"
-    return rows, ""
 
 
 # -- the base model alone ----------------------------------------------------------------------
