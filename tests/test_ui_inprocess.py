@@ -59,3 +59,33 @@ def test_a_chat_that_fails_says_why_and_leaves_stop_and_votes_off(client):
     last = job.outputs()[-1]
     assert "**Failed:**" in last[4] and "train the run again" in last[4]
     assert all(update.get("interactive") is False for update in last[8:])  # 4 vote buttons and Stop
+
+
+def test_the_app_imports_transformers_before_any_handler_runs():
+    """A fresh app process: building the app imports transformers in one thread, so the handlers a page load starts
+    at once in worker threads never import it concurrently (that race gave "cannot import name 'AutoTokenizer'" in
+    the Data tab of a fresh app; several threads doing the first import together reproduce it). Checked in a new
+    process, after the threads' race, as the page load does it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = """
+import sys, threading
+from workbench.ui.app import build_app
+build_app()
+assert 'transformers' in sys.modules
+errors = []
+def first_use(name):
+    try:
+        exec(f'from transformers import {name}')
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=first_use, args=(n,)) for n in ['AutoTokenizer', 'AutoConfig'] * 4]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(errors)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
