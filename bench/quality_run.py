@@ -47,7 +47,7 @@ def recipe(args):
         cfg.training.optimizer = "paged_adamw_8bit" if args.device == "cuda" else "adamw_torch"
         cfg.training.gradient_checkpointing = args.gradient_checkpointing == "on"
         cfg.training.batch_size, cfg.training.grad_accum = args.batch_size, args.grad_accum
-    from workbench.config import apply_sets
+    from workbench.config_checks import apply_sets
 
     apply_sets(cfg, args.set)  # e.g. --preset embedded-gpu --set lora.r=256 --set lora.alpha=512
     cfg.eval.run_after_training = False  # scored below, with progress printed

@@ -41,7 +41,8 @@ def register(sub) -> None:
 
 
 def _config_from_args(args):
-    from workbench.config import ConfigError, RunConfig, apply_sets, preset
+    from workbench.config import ConfigError, RunConfig, preset
+    from workbench.config_checks import apply_sets
 
     cfg = apply_sets(RunConfig.load(args.config) if args.config else preset(args.preset), args.set)
     if getattr(args, "pairs", None) and not getattr(args, "parent", None):

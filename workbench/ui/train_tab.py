@@ -11,7 +11,8 @@ from workbench import paths, runs
 from workbench.training import estimate
 from workbench.training import jobs
 from workbench.deploy import space
-from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, coerce, iter_fields, preset
+from workbench.config import EMBEDDED_MODEL, MISTRAL_7B, PRESETS, ConfigError, RunConfig, iter_fields, preset
+from workbench.config_checks import coerce
 from workbench.data import workspace
 from workbench.data.dataset import DataError
 from workbench.evaluation import evaluate
