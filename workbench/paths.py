@@ -91,6 +91,12 @@ def change_marker(key: str, files) -> str:
     return ":".join(parts)
 
 
+def damaged(path: Path | str, problem: BaseException | str) -> str:
+    """The one wording for a file that exists but cannot be used, as the views and the CLI say it."""
+    why = problem if isinstance(problem, str) else f"{type(problem).__name__}: {str(problem)[:160]}"
+    return f"{path} is damaged ({why})"
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write UTF-8 text through a temporary file and a rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -94,8 +94,8 @@ class RunFolder:
                 if not list(f.keys()):
                     raise ValueError("it holds no weights")
         except Exception as e:  # noqa: BLE001 - any failure to read the files is the damage to report
-            return (f"the adapter of run '{self.id}' is damaged ({type(e).__name__}: {str(e)[:160]}); train the run "
-                    f"again (or resume it from a checkpoint), or pick another run")
+            return (f"The adapter of run '{self.id}' is damaged ({type(e).__name__}: {str(e)[:160]}); train the run "
+                    f"again (or resume it from a checkpoint), or pick another run.")
         return ""
 
     # -- status -------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def resolve_sides(left: str, right: str):
                             f"(see `python -m workbench runs`).")
         damage = runs.folder(side).adapter_damage()
         if damage:
-            raise ChatError(damage[0].upper() + damage[1:] + ".")
+            raise ChatError(damage)
         adapters[side], configs[side] = path, runs.load_run_config(side)
     first = next(iter(configs.values()))
     for run_id, cfg in configs.items():

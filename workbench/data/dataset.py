@@ -216,5 +216,9 @@ def write_jsonl(records, path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file; ValueError when a line is not JSON or not an object (a damaged file)."""
     with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError("a line is not a JSON object")
+    return rows

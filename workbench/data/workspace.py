@@ -17,7 +17,7 @@ import pandas as pd
 
 from workbench import paths
 from workbench.config import DataConfig
-from workbench.data.dataset import RECORD_COLUMNS, write_jsonl
+from workbench.data.dataset import RECORD_COLUMNS, read_jsonl, write_jsonl
 
 NAME = "current"
 
@@ -63,19 +63,10 @@ def _manifest_and_damage() -> tuple[dict | None, str]:
     except FileNotFoundError:
         return None, ""
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        return None, f"{manifest_path()} is damaged ({type(e).__name__}: {str(e)[:120]})"
+        return None, paths.damaged(manifest_path(), e)
     if not isinstance(data, dict) or not isinstance(data.get("rows"), int):
-        return None, f"{manifest_path()} is damaged (not the manifest the Data tab writes)"
+        return None, paths.damaged(manifest_path(), "not the manifest the Data tab writes")
     return (data if records_path().is_file() else None), ""
-
-
-def _records() -> list[dict]:
-    from workbench.data.dataset import read_jsonl
-
-    rows = read_jsonl(records_path())
-    if not all(isinstance(r, dict) for r in rows):
-        raise ValueError("a line is not a record")
-    return rows
 
 
 def damage() -> str:
@@ -85,9 +76,9 @@ def damage() -> str:
     if why or meta is None:
         return why
     try:
-        _records()
+        read_jsonl(records_path())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        return f"{records_path()} is damaged ({type(e).__name__}: {str(e)[:120]})"
+        return paths.damaged(records_path(), e)
     return ""
 
 
@@ -97,7 +88,7 @@ def load() -> tuple[pd.DataFrame, dict] | None:
     if meta is None:
         return None
     try:
-        rows = _records()
+        rows = read_jsonl(records_path())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     table = pd.DataFrame(rows, columns=["id"] + RECORD_COLUMNS).fillna("").astype(str)

@@ -157,13 +157,10 @@ def _run_jsonl(path: Path) -> list[dict]:
     from workbench.data.dataset import read_jsonl
 
     try:
-        records = read_jsonl(path)
-        if not all(isinstance(r, dict) for r in records):
-            raise ValueError("a line is not a JSON object")
+        return read_jsonl(path)
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise EvalError(f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}); the run folder was changed by "
-                        f"hand or cut short. Start a new run.") from None
-    return records
+        raise EvalError(f"{paths.damaged(path, e)}; the run folder was changed by hand or cut short. Start a new "
+                        f"run.") from None
 
 
 def _cap(records: list[dict], limit: int, where) -> list[dict]:
@@ -339,7 +336,7 @@ def _evaluate_run(run_id: str, run_dir: Path, progress, device, use_cache, eval_
                         f"completes, or resume it first.")
     damage = runs.folder(run_id).adapter_damage()
     if damage:
-        raise EvalError(damage[0].upper() + damage[1:] + ".")
+        raise EvalError(damage)
     records = eval_records(run_dir, cfg)
     progress = ProgressRecord(run_dir, len(records), progress)
     progress(0.0, "starting")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from workbench import paths, runs
+from workbench.data.dataset import read_jsonl
 
 
 def write_results(run_dir: Path, metrics: dict, predictions: list[dict]) -> None:
@@ -35,25 +36,25 @@ def predictions_damage(run_id: str) -> str:
 
 
 def _metrics(run_id: str) -> tuple[dict | None, str]:
-    return _read(run_id, "metrics", lambda text: json.loads(text),
-                 lambda data: isinstance(data, dict) and isinstance(data.get("base"), dict),
-                 "not the metrics object the evaluation writes", None)
+    def parse(path: Path) -> dict:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("base"), dict):
+            raise ValueError("not the metrics object the evaluation writes")
+        return data
+
+    return _read(run_id, "metrics", parse, None)
 
 
 def _predictions(run_id: str) -> tuple[list[dict], str]:
-    return _read(run_id, "predictions", lambda text: [json.loads(line) for line in text.splitlines() if line.strip()],
-                 lambda rows: all(isinstance(r, dict) for r in rows), "a line is not an answer record", [])
+    return _read(run_id, "predictions", read_jsonl, [])
 
 
-def _read(run_id: str, name: str, parse, valid, invalid: str, empty):
+def _read(run_id: str, name: str, parse, empty):
     """(content, '') / (empty, '') when absent / (empty, why) when the file cannot be used."""
     try:
         path = getattr(runs.folder(run_id), name)
-        data = parse(path.read_text(encoding="utf-8"))
+        return parse(path), ""
     except (FileNotFoundError, runs.RunError):
         return empty, ""
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        return empty, f"{path.name} of run {run_id} is damaged ({type(e).__name__}: {str(e)[:120]})"
-    if not valid(data):
-        return empty, f"{path.name} of run {run_id} is damaged ({invalid})"
-    return data, ""
+        return empty, paths.damaged(f"{path.name} of run {run_id}", e)

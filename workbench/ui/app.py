@@ -28,10 +28,7 @@ def warm_imports() -> None:
     """Import transformers here, in one thread, before any handler runs. Handlers run in worker threads, and a page
     load starts several at once: two that import transformers for the first time at the same moment can see its
     module half set up ("cannot import name 'AutoTokenizer'"; a fresh app's Data tab example failed that way)."""
-    import transformers
     from transformers import AutoConfig, AutoTokenizer  # noqa: F401 - the names the handlers import first
-
-    transformers.__version__  # noqa: B018 - the lazy module resolves its attributes once it is imported
 
 
 def build_app() -> gr.Blocks:
