@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 3 steps of the default path")
     parser.add_argument("--variants", action="store_true", help="also the large-GPU preset with and without kernels")
     parser.add_argument("--large-gpu", action="store_true", help="also the large-GPU preset (no checkpointing)")
+    parser.add_argument("--quick", action="store_true", help="only the seed recipe and the default CUDA path "
+                        "(packed, liger kernels when installed, not compiled), e.g. beside the Unsloth peer")
     parser.add_argument("--peer-site", default="", help="a folder holding the Unsloth wheels installed (--target): "
                         "also measure Unsloth on the seed recipe's batches, in a fresh process (bench/unsloth_peer.py)")
     args = parser.parse_args()
@@ -269,17 +271,10 @@ def main() -> None:
     # The seed first and the fused kernels last: liger patches the model's modules in place (the compiled
     # variants run without them, as the default path does; their layers are un-compiled between variants).
     results["seed"] = run_variant(cache, config("seed", args.steps, seed_recipe=True), upcast=True, kernels=False)
-    results["workbench_eager_no_kernels"] = run_variant(cache, eager("workbench-eager-no-kernels"), False, False)
-    results["workbench"] = run_variant(cache, config("workbench", args.steps), upcast=False, kernels=False,
-                                       profile_steps=3 if args.profile else 0)
-    if args.variants or args.large_gpu:
-        results["large_gpu"] = run_variant(cache, config("large-gpu", args.steps, large_gpu=True), False, False)
-    if args.variants and have_kernels:
-        results["large_gpu_eager_kernels"] = run_variant(cache, eager("large-gpu-eager-kernels", large_gpu=True),
-                                                         False, True)
-    if have_kernels:  # the previous default: packed, eager, liger kernels
-        results["workbench_eager_kernels"] = run_variant(cache, eager("workbench-eager-kernels"), False, True)
-
+    if args.quick:
+        results["workbench"] = run_variant(cache, eager("workbench-default"), False, have_kernels)
+    else:
+        results.update(more_variants(args, cache, eager, have_kernels))
     if args.peer_site:
         results["unsloth"] = peer(args.peer_site, args.steps)
     seed, ours = results["seed"], results["workbench"]
@@ -315,6 +310,23 @@ def main() -> None:
         base = seed["tokens_per_s"] or 1
         print(f"{name:24s} {r.get('tokens_per_s') or 0:>9.1f} tok/s  {(r.get('tokens_per_s') or 0) / base:5.2f}x  "
               f"peak {r.get('peak_gb') or 0:6.2f} GB  steps {r.get('steps')}  {r['state']}", flush=True)
+
+
+def more_variants(args, cache, eager, have_kernels) -> dict:
+    """The packed path's variants beside the seed: eager without fused kernels, the default config as it resolves
+    here, the large-GPU preset (--large-gpu / --variants), and packed + eager + liger kernels."""
+    results = {}
+    results["workbench_eager_no_kernels"] = run_variant(cache, eager("workbench-eager-no-kernels"), False, False)
+    results["workbench"] = run_variant(cache, config("workbench", args.steps), upcast=False, kernels=False,
+                                       profile_steps=3 if args.profile else 0)
+    if args.variants or args.large_gpu:
+        results["large_gpu"] = run_variant(cache, config("large-gpu", args.steps, large_gpu=True), False, False)
+    if args.variants and have_kernels:
+        results["large_gpu_eager_kernels"] = run_variant(cache, eager("large-gpu-eager-kernels", large_gpu=True),
+                                                         False, True)
+    if have_kernels:  # the previous default: packed, eager, liger kernels
+        results["workbench_eager_kernels"] = run_variant(cache, eager("workbench-eager-kernels"), False, True)
+    return results
 
 
 def peer(site: str, steps: int) -> dict:

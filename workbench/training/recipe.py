@@ -119,7 +119,9 @@ def training_arguments(cfg: RunConfig, run_dir: Path, device: str):
         use_cpu=device == "cpu", report_to="none", remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=False,
         ddp_backend=("gloo" if device == "cpu" else "nccl") if distributed.world_size() > 1 else None,
-        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None))
+        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None,
+        # No buffer changes in training (RoPE tables, no batch norm): DDP's per-forward broadcast from rank 0 is waste.
+        ddp_broadcast_buffers=False if distributed.world_size() > 1 else None))
 
 
 def one_gpu_per_process(args):
