@@ -73,6 +73,7 @@ def test_data_table_pages_all_matches_and_the_example_follows_the_source(app_ser
     example = page.locator("#data-example")
     sample_first = data.apply_mapping(data.load_raw("sample"))["instruction"][0]
     expect(example).to_contain_text(sample_first[:25], timeout=60_000)
+    expect(page.locator("#data-row-full")).to_contain_text(sample_first[:25])
 
     page.get_by_role("radio", name="dbdemos folder").check()
     page.locator("#data-path textarea").fill(str(dbdemos_dir))
@@ -81,6 +82,10 @@ def test_data_table_pages_all_matches_and_the_example_follows_the_source(app_ser
     dbdemos_first = data.apply_mapping(data.load_dbdemos(dbdemos_dir))["instruction"][0]
     expect(example).to_contain_text(dbdemos_first.strip()[:25], timeout=60_000)  # not the sample's row any more
     expect(example).not_to_contain_text(sample_first[:25])
+    # The full row follows too: the picked id stays `r0`, so it once kept showing the sample's r0 under the new table.
+    row_full = page.locator("#data-row-full")
+    expect(row_full).to_contain_text(dbdemos_first.strip().replace("`", "")[:25])  # markdown: code without ticks
+    expect(row_full).not_to_contain_text(sample_first[:25])
 
     search = page.locator("#data-search textarea, #data-search input").first
     search.fill("unity catalog")

@@ -246,6 +246,13 @@ def _example(state, row_id, template, progress=gr.Progress()):
             f"carry the loss — the prompt only conditions the model.")
 
 
+def _example_and_row(state, row_id, template, progress=gr.Progress()):
+    """The formatted example and the full row, for the picked id of the table now shown. Every change of the table
+    (Load, mapping, cleaning, undo) runs this, because the picked id often stays the same (`r0`) while the row
+    behind it is another one: the id dropdown's change event would not fire."""
+    return (*_example(state, row_id, template, progress), row_detail(state, row_id))
+
+
 def _token_stats(state, template, progress=gr.Progress()):
     table = state.get("table")
     if table is None:
@@ -373,7 +380,7 @@ def build(demo: gr.Blocks) -> None:
     private = {"api_visibility": "private"}
     browse_inputs = [state, query, min_chars, max_chars, view, page]
     browse_outputs = [summary, table, lengths, row_pick, page]
-    example_io = ([state, row_pick, template], [example, example_md])
+    example_io = ([state, row_pick, template], [example, example_md, row_full])
 
     def refresh(*args):
         s, df, fig, ids, pg = _refresh(*args)
@@ -405,10 +412,10 @@ def build(demo: gr.Blocks) -> None:
     load_inputs, load_outputs = [kind, path, upload, state], [state, load_msg, *mapping]
     load_btn.click(_load, load_inputs, load_outputs).then(
         auto_map, [state, *mapping], [state, *browse_outputs], **private).then(
-        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
+        _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     upload.upload(lambda: gr.update(value="upload"), None, kind)
     map_btn.click(apply_map, [state, *mapping], [state, *browse_outputs]).then(
-        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
+        _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     for comp in (query, min_chars, max_chars, view):
         comp.change(first_page, browse_inputs, browse_outputs, **private)
     prev_page.click(step_page(-1), browse_inputs, browse_outputs, **private)
@@ -417,12 +424,12 @@ def build(demo: gr.Blocks) -> None:
     prev_btn.click(_preview_cleaning, [state, steps], clean_md)
     apply_btn.click(_apply_cleaning, [state, steps], [state, clean_md]).then(
         refresh, browse_inputs, browse_outputs, **private).then(
-        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
+        _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     undo_btn.click(_undo, state, [state, clean_md]).then(refresh, browse_inputs, browse_outputs, **private).then(
-        _example, *example_io, **private).then(_autosave, state, saved_md, **private)
+        _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     train_btn.click(_train_on_this, state, saved_md)
-    row_pick.change(_example, *example_io, **private).then(row_detail, [state, row_pick], row_full, **private)
-    template.change(_example, *example_io, **private)
+    row_pick.change(_example_and_row, *example_io, **private)
+    template.change(_example, [state, row_pick, template], [example, example_md], **private)
     tok_btn.click(_token_stats, [state, template], [tok_md, tok_plot])
     leak_btn.click(_leakage, [state, against], leak_md)
     export_btn.click(_export, state, export_file)
@@ -432,4 +439,4 @@ def build(demo: gr.Blocks) -> None:
     demo.load(_open_saved, state, [state, load_msg, saved_md], **private).then(
         _load_unless_open, load_inputs, load_outputs, **private).then(
         auto_map, [state, *mapping], [state, *browse_outputs], **private).then(
-        refresh, browse_inputs, browse_outputs, **private).then(_example, *example_io, **private)
+        refresh, browse_inputs, browse_outputs, **private).then(_example_and_row, *example_io, **private)
