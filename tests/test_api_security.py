@@ -35,6 +35,8 @@ READ_ONLY_VIEWS = {
     # role and only says "read-only"); paging/selection read the session's own table; the rest read run folders.
     "_autosave", "_open_saved", "data_tick", "dataset_text", "_compare_choices", "first_page", "next_page",
     "previous_page", "row_detail",
+    # _example_and_row (reviewed): _example and row_detail together, both on the session's own table.
+    "_example_and_row",
     # issue 18 (reviewed): the recipe panel's line for the run "Use this recipe" started reads that run's status.json
     # (the id comes from the session's own state and is validated as a run id); it writes nothing.
     "_full_run_view",

@@ -31,6 +31,26 @@ def test_data_tab_loads_and_maps_the_sample(client):
     assert 0 < len(table["data"]) <= 78 and {"instruction", "output"} <= set(table["headers"])
 
 
+def test_a_file_whose_columns_cannot_be_guessed_says_so_and_which_table_is_shown(client, tmp_path):
+    # Found by using the app: "Loaded 1 rows ... The mapping below is guessed" over blank mapping boxes, while the
+    # table under it still showed the previous source, and a toast with a CLI flag (--map) as the only hint.
+    from workbench import paths
+
+    client.predict("sample (shipped)", "", None, api_name="/_load")
+    client.predict("question", "answer", "", "", api_name="/apply_map")
+    wrong = paths.data_dir() / "wrong.csv"  # a data folder: the 'file path' source may read it
+    wrong.parent.mkdir(parents=True, exist_ok=True)
+    wrong.write_text("foo,bar\n1,2\n")
+    msg, *mapping = client.predict("file path", str(wrong), None, api_name="/_load")
+    assert "Loaded **1 row** from wrong.csv with columns: foo, bar" in msg
+    assert "No column looks like the question or the answer" in msg and "press Apply mapping" in msg
+    assert "Until then the table shows the shipped sample" in msg and "guessed" not in msg
+    assert [m["value"] for m in mapping][:2] == ["", ""]
+    # Picking the columns by hand then applies them.
+    summary, table, *_ = client.predict("foo", "bar", "", "", api_name="/apply_map")
+    assert "**1 rows**" in summary or "**1 row**" in summary
+
+
 def test_a_visitor_without_a_policy_is_an_admin_and_a_bad_path_gets_a_plain_error(client):
     msg, *_ = client.predict("file path", "/etc/passwd", None, api_name="/_load")
     assert "wb-error" in msg and "Only files inside" in msg

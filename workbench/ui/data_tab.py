@@ -65,16 +65,25 @@ def _load(kind, path, upload, state, request: gr.Request = None):
     try:
         raw, name = _read(kind, path or "", upload)
     except data.DataError as e:
-        keep = "; the data loaded before is still shown" if state.get("table") is not None else ""
+        keep = " The data loaded before is still shown." if state.get("table") is not None else ""
         return (dict(state, pending=False), f"<div class='wb-error'>⚠️ {e}{keep}</div>",
                 *[gr.update()] * len(FIELDS))
     guess = data.guess_mapping(raw.columns)
-    state = dict(state, raw=raw, source=name, pending=True)  # the old table stays until the mapping applies
+    before = state.get("source") if state.get("table") is not None else ""
+    missing = [label for field, label in (("instruction", "question"), ("output", "answer")) if not guess.get(field)]
+    # The old table stays until the mapping applies; a guess that lacks the question or answer is not applied.
+    state = dict(state, raw=raw, source=name, pending=not missing)
     cols = [str(c) for c in raw.columns]
     enc = (" It is not UTF-8: decoded as Windows-1252 (latin-1); check accented characters, or save it as "
            "UTF-8." if raw.attrs.get("encoding") == "cp1252" else "")
-    msg = (f"Loaded **{len(raw):,} rows** from {name} with columns: {', '.join(cols)}. The mapping below is "
-           f"guessed from the column names; change it and press Apply mapping if needed.{enc}")
+    rows = f"**{len(raw):,} row{'' if len(raw) == 1 else 's'}**"
+    if missing:
+        msg = (f"<div class='wb-warn'>Loaded {rows} from {name} with columns: {', '.join(cols)}. No column looks "
+               f"like the {' or the '.join(missing)}: pick them under 'instruction ←' and 'output ←' below, then "
+               f"press Apply mapping.{f' Until then the table shows {before}.' if before else ''}{enc}</div>")
+    else:
+        msg = (f"Loaded {rows} from {name} with columns: {', '.join(cols)}. The mapping below is guessed from the "
+               f"column names; change it and press Apply mapping if needed.{enc}")
     return (state, msg, *[gr.update(choices=[""] + cols, value=guess.get(f, "")) for f in FIELDS])
 
 
