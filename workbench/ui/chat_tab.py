@@ -175,11 +175,16 @@ def _run_picked(run_id, other):
             *_run_changed(run_id, other or chat.BASE))
 
 
+NO_RUN = "Pick a fine-tuned run first (none yet? train one in the Train tab; it appears here once its adapter is saved)."
+
+
 def _chat(question, left_hist, right_hist, run_id, other, blind, system, temperature, top_p, max_new, seed,
           request: gr.Request):
     guard.require(request, "chat")
-    if not run_id:
-        raise gr.Error("Pick a fine-tuned run first (none yet? train one in the Train tab, then press Refresh).")
+    if not run_id:  # a notice, not an error: an exception would mark every output of the event "Error"
+        gr.Warning(NO_RUN)
+        yield (*[gr.skip()] * 4, f"**{NO_RUN}**", *[gr.skip()] * (4 + len(reviews.CHOICES)))
+        return
     settings = settings_from(system, temperature, top_p, max_new, seed)
     sides = (other or chat.BASE, run_id)
     if blind:  # hide which side is which: a fresh coin flip per question, and no history to give it away
