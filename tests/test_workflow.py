@@ -407,3 +407,18 @@ def test_test_sh_installs_chromium_when_sudo_is_empty(tmp_path):
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls == ["noninteractive update -qq", "noninteractive install -y -qq chromium"]
+
+
+def test_push_failures_are_the_log_s_last_line_not_an_error_badge():
+    # Found by using the app: Push with no run (or a failing push) raised, so the push log lost the lines written
+    # before the failure and showed a bare "Error" badge once the toast had gone.
+    import gradio as gr
+
+    from workbench.ui import deploy_tab
+
+    assert deploy_tab._push("", "alice/x", True, False, None) == "Pick a run with a finished adapter first."
+    run_id = fake_run("20250101-000004-no-adapter")
+    log = deploy_tab._push(run_id, "alice/x", True, False, None)
+    assert log.splitlines()[-1].startswith("error: ") and "adapter" in log
+    with pytest.raises(gr.Error, match="not a valid run id"):  # a malformed id is still refused outright
+        deploy_tab._push("../../etc", "alice/x", True, False, None)

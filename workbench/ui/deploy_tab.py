@@ -81,14 +81,22 @@ def _card(run_id: str, repo: str) -> str:
 
 
 def _push(run_id: str, repo: str, private: bool, merged: bool, request: gr.Request) -> str:
+    """The push log. A failure is its last line (and a toast), after the lines of what was done before it: raising
+    instead would drop those lines and mark the log "Error"."""
     guard.require(request, "push")
     if not run_id:
-        raise gr.Error("Pick a run with a finished adapter first.")
+        gr.Warning("Pick a run with a finished adapter first.")
+        return "Pick a run with a finished adapter first."
+    try:
+        runs.validate_run_id(run_id)  # a malformed id is refused outright (never a path)
+    except runs.RunError as e:
+        raise gr.Error(str(e)) from None
     lines: list[str] = []
     try:
         hub_export.push(run_id, repo, merged=bool(merged), private=bool(private), log=lambda m: lines.append(str(m)))
     except (hub_export.HubError, runs.RunError) as e:
-        raise gr.Error(redact(str(e))) from None
+        gr.Warning(redact(str(e)))
+        lines.append(f"error: {e}")
     return redact("\n".join(lines))
 
 
