@@ -195,6 +195,9 @@ def test_cli_train_and_runs_as_a_user_types_them(tmp_path):
     listing = run_cli("runs", "--json")
     rows = json.loads(listing.stdout)
     assert rows[0]["state"] == "completed"
+    # A run trained in the terminal keeps its log in its folder too (the Train tab's log view read nothing).
+    log = runs.folder(rows[0]["id"]).log.read_text(encoding="utf-8")
+    assert f"run {rows[0]['id']} in" in log and "loss" in log
     bad = run_cli("train", "--preset", "quick-demo-cpu", "--set", "lora.r=-1")
     assert bad.returncode == 1 and "lora.r" in bad.stderr
     assert run_cli("stop", "../etc").returncode == 1

@@ -1,6 +1,7 @@
 """`python -m workbench train|runs|stop|resume|delete`: run training and manage runs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -55,6 +56,39 @@ def _config_from_args(args):
     return cfg
 
 
+class _Tee:
+    """A text stream that writes to the terminal's stream and to the run's log."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text):
+        self._stream.write(text)
+        self._log.write(text)
+        return len(text)
+
+    def flush(self):
+        self._stream.flush()
+        self._log.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the terminal's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _tee_into(path: Path):
+    """A run trained in the foreground writes its output to the terminal and to its train.log, so the Train tab's
+    log view and a failure's traceback are in the run folder as for a run the app started (Python-level output:
+    the ranks of a several-process run write to the terminal only)."""
+    with open(path, "a", encoding="utf-8", buffering=1) as log:
+        old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = old
+
+
 def _train_here(run_dir: Path, resume: bool) -> int:
     from workbench.training import preference
 
@@ -94,8 +128,9 @@ def run_train(args) -> int:
         if busy:  # refuse before a run folder is made for nothing
             raise jobs.JobError(jobs.busy_message(busy))
         run_id = jobs.create_run(cfg)
-        print(f"run {run_id} in {runs.run_path(run_id)}")
-        return _train_here(runs.run_path(run_id), False)
+        with _tee_into(runs.folder(run_id).log):  # the run folder keeps its log, as for runs the app starts
+            print(f"run {run_id} in {runs.run_path(run_id)}")
+            return _train_here(runs.run_path(run_id), False)
     except ConfigError as e:
         print("\n".join(f"error: {m}" for m in e.messages), file=sys.stderr)
     except (DataError, runs.RunError, jobs.JobError) as e:
