@@ -170,3 +170,18 @@ def test_cli_chat_prints_both_answers(adapter_runs, plain_base_answer):
     assert tuned and tuned != base
     bad = run_cli("chat", "--run", "nope", "q")
     assert bad.returncode == 1 and "No run 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_status_line_does_not_repeat_the_device_note_the_notice_shows():
+    # Found by using the app: on a CPU "Running on the CPU: answers stream slowly…" stood twice, above and below
+    # "Done (…)", once from the notice and once from the status line.
+    from workbench.chat.streaming import PairUpdate
+    from workbench.ui.chat_tab import status_line
+
+    cpu = "Running on the CPU: answers stream slowly (fine for the small embedded model, very slow for 7B)."
+    done = PairUpdate(texts=["a", "b"], done=[True, True], tokens=[3, 4], first_token_s=[0.5, 0.6], finished=True,
+                      note=cpu)
+    assert cpu not in status_line(done, False, page_note=cpu)
+    assert status_line(done, False, page_note=cpu).startswith("Done (left: 3 tokens")
+    other = "Run 'r1' is training on this machine's CPU too: chat shares the CPU."
+    assert cpu in status_line(done, False, page_note=other)  # a note the notice does not show stays

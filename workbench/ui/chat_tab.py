@@ -97,7 +97,10 @@ def settings_from(system, temperature, top_p, max_new, seed) -> chat.ChatSetting
         raise gr.Error("Temperature, top-p, max new tokens and seed must be numbers.") from None
 
 
-def status_line(update: chat.PairUpdate, blind: bool) -> str:
+def status_line(update: chat.PairUpdate, blind: bool, page_note: str = "") -> str:
+    """The line under the settings while a pair streams. The device note is left out when the notice above already
+    says the same (on a CPU both said "Running on the CPU: …", one above the other)."""
+    note = update.note if update.note and update.note.strip() not in page_note else ""
     parts = []
     for name, n, first, rate in zip(("left", "right"), update.tokens, update.first_token_s, update.tokens_per_s):
         text = f"{name}: {n} tokens"
@@ -108,10 +111,10 @@ def status_line(update: chat.PairUpdate, blind: bool) -> str:
         parts.append(text)
     if not update.finished and not any(update.tokens):
         return ("Preparing… (the first question loads the 4-bit model, ~10 s on a CPU; later ones start at once)"
-                + (f"\n\n{update.note}" if update.note else ""))
+                + (f"\n\n{note}" if note else ""))
     head = ("Stopped" if update.stopped else "Done") if update.finished else "Generating…"
     tail = " — now vote below; the sides are revealed after your vote." if update.finished and blind else ""
-    return f"{head} ({'; '.join(parts)}){tail}" + (f"\n\n{update.note}" if update.note else "")
+    return f"{head} ({'; '.join(parts)}){tail}" + (f"\n\n{note}" if note else "")
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -196,6 +199,7 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
     key = getattr(request, "session_hash", None) or "default"
     stop = _STOPS[key] = threading.Event()
     heads = headers(sides, bool(blind))
+    page_note = chat.policy_status()  # what the notice above the columns says now
     try:
         for update in chat.chat_pair(sides[0], sides[1], question, old, settings, stop):
             for hist, text in zip(shown, update.texts):
@@ -205,7 +209,7 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
                 pending = reviews.pending_vote(question, sides, run_id, tuple(update.texts),
                                                chat.settings_dict(settings))
             votable = gr.update(interactive=bool(pending))  # vote buttons: only for a finished, unvoted pair
-            yield (shown[0], shown[1], *heads, status_line(update, bool(blind)),
+            yield (shown[0], shown[1], *heads, status_line(update, bool(blind), page_note),
                    "" if update.finished else gr.skip(), pending, "", *[votable] * len(reviews.CHOICES),
                    gr.update(interactive=not update.finished))
     except (chat.ChatError, runs.RunError) as e:
