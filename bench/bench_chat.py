@@ -58,7 +58,8 @@ def time_pair(held, names, prompts, max_new_tokens: int) -> dict:
 
     t0 = time.perf_counter()
     with held.lock:
-        for update in chat.stream_pair(held, names, prompts, chat.ChatSettings(max_new_tokens=max_new_tokens)):
+        for update in chat.stream_pair(held, names, prompts, chat.ChatSettings(max_new_tokens=max_new_tokens,
+                                                                                   repetition_penalty=1.0)):
             pass
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "first_token_s": update.first_token_s, "tokens_per_s": update.tokens_per_s,

@@ -200,8 +200,9 @@ def main() -> None:
     held.adapters.add("tuned")
     recs = questions(EVAL_QUESTIONS)
     prompt = session.prompt_ids(tok, [], recs[0]["instruction"])
-    settings = ChatSettings(max_new_tokens=NEW_TOKENS, temperature=0.0)
-    warm = ChatSettings(max_new_tokens=8, temperature=0.0)
+    # repetition_penalty 1.0: the engine as measured before the Chat tab's default penalty (1.1) came in
+    settings = ChatSettings(max_new_tokens=NEW_TOKENS, temperature=0.0, repetition_penalty=1.0)
+    warm = ChatSettings(max_new_tokens=8, temperature=0.0, repetition_penalty=1.0)
 
     # -- (a) chat: plain, then fast ---------------------------------------------------------------
     set_fast(False)

@@ -161,7 +161,7 @@ def test_a_damaged_split_file_is_named_and_never_half_used(adapter_runs, damage)
 
 @pytest.mark.integration
 def test_cli_chat_prints_both_answers(adapter_runs, plain_base_answer):
-    result = run_cli("chat", "--run", RUN_A, QUESTION, "--max-new-tokens", "24")
+    result = run_cli("chat", "--run", RUN_A, QUESTION, "--max-new-tokens", "24", "--repetition-penalty", "1.0")
     assert result.returncode == 0, result.stderr[-3000:]
     base_head, tuned_head = "=== Base model (adapter off) ===\n", f"=== Fine-tuned: {RUN_A} ===\n"
     assert result.stdout.startswith(base_head) and tuned_head in result.stdout

@@ -45,7 +45,9 @@ def answer(history) -> str:
 
 
 def ask(client, question=QUESTION, run=RUN_A, other="base", blind=False, max_new=REFERENCE_TOKENS, hist=([], [])):
-    job = client.submit(question, hist[0], hist[1], run, other, blind, "", 0, 0.9, max_new, 42, api_name="/chat")
+    # repetition penalty 1.0 (off): the answers are compared with plain greedy generate
+    job = client.submit(question, hist[0], hist[1], run, other, blind, "", 0, 0.9, max_new, 42, 1.0,
+                        api_name="/chat")
     job.result()
     return job.outputs()
 
@@ -90,7 +92,7 @@ def test_sampling_is_repeatable_with_a_seed(client):
 
 
 def test_stop_ends_generation_early(client):
-    job = client.submit(QUESTION, [], [], RUN_A, "base", False, "", 0, 0.9, 400, 42, api_name="/chat")
+    job = client.submit(QUESTION, [], [], RUN_A, "base", False, "", 0, 0.9, 400, 42, 1.0, api_name="/chat")
     for out in job:
         if len(answer(out[0]).split()) >= 2:
             client.predict(api_name="/stop")  # answers nothing itself: the stream's last update says Stopped
@@ -130,17 +132,17 @@ def test_blind_vote_records_the_hidden_mapping_and_reveals_it(client, chat_serve
 
 def test_bad_input_gives_clear_errors(client, chat_server, plain_base_answer):
     with pytest.raises(Exception, match="Type a question"):
-        client.predict("  ", [], [], RUN_A, "base", False, "", 0, 0.9, 8, 42, api_name="/chat")
+        client.predict("  ", [], [], RUN_A, "base", False, "", 0, 0.9, 8, 42, 1.0, api_name="/chat")
     with pytest.raises(Exception, match="not a valid run id"):
-        client.predict("hi", [], [], "../etc", "base", False, "", 0, 0.9, 8, 42, api_name="/chat")
+        client.predict("hi", [], [], "../etc", "base", False, "", 0, 0.9, 8, 42, 1.0, api_name="/chat")
     with pytest.raises(Exception, match="Max new tokens"):
-        client.predict("hi", [], [], RUN_A, "base", False, "", 0, 0.9, 0, 42, api_name="/chat")
+        client.predict("hi", [], [], RUN_A, "base", False, "", 0, 0.9, 0, 42, 1.0, api_name="/chat")
     assert "Nothing to vote on" in client.predict("ann", "", api_name="/vote_tie")[0]
     broken = chat_server[1] / "runs" / "20250103-000000-broken"
     (broken / "adapter").mkdir(parents=True)
     (broken / "config.yaml").write_text((chat_server[1] / "runs" / RUN_A / "config.yaml").read_text())
     (broken / "adapter" / "adapter_config.json").write_text("{}")
     with pytest.raises(Exception, match=f"The adapter of run '{broken.name}' is damaged .*train the run again"):
-        client.predict("hi", [], [], broken.name, "base", False, "", 0, 0.9, 8, 42, api_name="/chat")
+        client.predict("hi", [], [], broken.name, "base", False, "", 0, 0.9, 8, 42, 1.0, api_name="/chat")
     outputs = ask(client, max_new=4)  # the held model still serves the good runs afterwards
     assert plain_base_answer.startswith(answer(outputs[-1][0])) and answer(outputs[-1][1])

@@ -68,8 +68,9 @@ def _plain(model, tok, prompts, new, adapter_names=None, scores=False):
     return (rows, out.scores) if scores else rows
 
 
-def _fast(engine, prompts, new, adapters=None):
-    steps = list(engine.generate(prompts, adapters or [None] * len(prompts), new, stop_ids=()))
+def _fast(engine, prompts, new, adapters=None, repetition_penalty=1.0):
+    steps = list(engine.generate(prompts, adapters or [None] * len(prompts), new, stop_ids=(),
+                                 repetition_penalty=repetition_penalty))
     return [[s[r] for s in steps] for r in range(len(prompts))]
 
 
@@ -81,6 +82,48 @@ def test_float32_greedy_tokens_equal_plain_generate_batched_and_alone(fp32):
     assert len({len(p) for p in prompts}) > 1  # left padding is exercised
     assert _fast(engine, prompts, 12) == _plain(model, tok, prompts, 12)
     assert _fast(engine, prompts[2:], 12) == _plain(model, tok, prompts[2:], 12)
+
+
+def test_repetition_penalty_is_transformers_own_rule_and_the_engine_applies_it_as_plain_generate(fp32):
+    """Chat's repetition penalty: on one unpadded row it is exactly transformers' RepetitionPenaltyLogitsProcessor;
+    in a left-padded batch the padding is not penalized, so each row answers as it would alone; the engine's greedy
+    tokens equal plain generate's with the same rule (float32)."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from workbench.chat.streaming import RepeatPenalty
+
+    torch.manual_seed(0)
+    scores, ids = torch.randn(1, 50), torch.tensor([[3, 7, 7, 12, 40]])
+    assert torch.equal(RepeatPenalty(1.3, [0])(ids, scores.clone()),
+                       RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone()))
+    padded = torch.tensor([[0, 0, 3, 7], [5, 6, 3, 7]])
+    penalized = RepeatPenalty(1.3, [2, 0])(padded, scores.repeat(2, 1))
+    assert penalized[0, 0] == scores[0, 0] and penalized[1, 5] != scores[0, 5]  # row 0's pads are not its tokens
+
+    model, tok = fp32
+    engine = fg.FastEngine(model)
+    prompts = [_prompt(tok, q) for q in QUESTIONS[:3]]
+    assert len({len(p) for p in prompts}) > 1
+    plain = _plain_penalized(model, tok, prompts, 16, 1.3)
+    assert _fast(engine, prompts, 16, repetition_penalty=1.3) == plain
+    assert plain != _plain(model, tok, prompts, 16)  # the penalty changed the answers
+    assert _plain_penalized(model, tok, prompts[1:2], 16, 1.3)[0] == plain[1]  # a row answers as it would alone
+
+
+def _plain_penalized(model, tok, prompts, new, penalty):
+    import torch
+
+    from workbench.chat.streaming import RepeatPenalty
+    from workbench.formatting import left_padded
+
+    ids, mask = left_padded(prompts, tok.pad_token_id, "cpu")
+    width = ids.shape[1]
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=tok.pad_token_id,
+                             logits_processor=[RepeatPenalty(penalty, [width - len(p) for p in prompts])])
+    return [out[r, width:].tolist() for r in range(len(prompts))]
 
 
 def test_bf16_greedy_tokens_equal_or_part_only_at_a_near_tie(bf16):
@@ -220,7 +263,8 @@ def test_streaming_stop_and_per_row_prompts_on_the_engine(fp32, monkeypatch):
     from workbench.formatting import stop_token_ids
 
     stops = stop_token_ids(model, tok)
-    alone = _fast(fg.cached_engine(model), prompts[1:], 10)[0]  # row 1's prompt in a batch of its own
+    alone = _fast(fg.cached_engine(model), prompts[1:], 10,  # row 1's prompt in a batch of its own
+                  repetition_penalty=settings.repetition_penalty)[0]
     alone = alone[:next((i for i, t in enumerate(alone) if t in stops), len(alone))]
     assert fast[-1].texts[1] == tok.decode(alone, skip_special_tokens=True).strip()
 

@@ -114,7 +114,7 @@ print(errors)
 def test_send_without_a_run_says_what_to_do_and_marks_nothing_as_an_error(client):
     # Found by using the app: Send on a fresh install (no trained run) raised, and Gradio then showed a bare "Error"
     # badge on both answer columns and the question box once the toast had gone.
-    out = client.predict("What is Delta Lake?", [], [], "", "base", False, "", 0, 0.9, 16, 42, api_name="/chat")
+    out = client.predict("What is Delta Lake?", [], [], "", "base", False, "", 0, 0.9, 16, 42, 1.0, api_name="/chat")
     status = out[4]
     assert "Pick a fine-tuned run first" in status and "Train tab" in status
     assert out[5] in ({"__type__": "update"}, "What is Delta Lake?")  # the question box is left as it is

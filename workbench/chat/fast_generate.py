@@ -253,7 +253,8 @@ class FastEngine:
 
     def generate(self, prompts: list[list[int]], row_adapters: list[str | None], max_new_tokens: int,
                  stop_ids=(), temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 should_stop: Callable[[], bool] | None = None, length: int | None = None) -> Iterator[list[int]]:
+                 should_stop: Callable[[], bool] | None = None, length: int | None = None,
+                 repetition_penalty: float = 1.0) -> Iterator[list[int]]:
         """Yield each step's next token of every row (rows finished by a stop token keep yielding filler;
         the caller ignores rows it saw finish). Stops after max_new_tokens steps, when every row has hit a
         stop token, or when should_stop() is true. `row_adapters[i]` names row i's adapter (None = base).
@@ -269,7 +270,7 @@ class FastEngine:
         stop = set(stop_ids)
         with self.lock:
             run = self._start(prompts, names, [names.index(n) if n else -1 for n in row_adapters], length,
-                              temperature, top_p, seed)
+                              temperature, top_p, seed, repetition_penalty)
             done = [False] * rows
             for step in range(max_new_tokens):
                 tokens = self._advance(run, step, step + 1 < max_new_tokens)
@@ -286,7 +287,7 @@ class FastEngine:
 
             torch.cuda.current_stream().synchronize()
 
-    def _start(self, prompts, names, slot_of_row, length, temperature, top_p, seed) -> dict:
+    def _start(self, prompts, names, slot_of_row, length, temperature, top_p, seed, penalty=1.0) -> dict:
         """Prefill (eager) and the first token; returns the run's state for _advance."""
         import torch
 
@@ -310,12 +311,18 @@ class FastEngine:
                 generator = torch.Generator(device=dev)
                 generator.manual_seed(seed if seed is not None and seed >= 0 else torch.seed())
             logits = self._forward(st, ids, pos, mask.unsqueeze(1), None)
-            nxt = self._pick(logits, temperature, top_p, generator)
+            seen = None  # the repetition penalty's tokens seen per row (prompt without its padding, then answers)
+            if penalty != 1.0:
+                seen = torch.zeros(rows, logits.shape[-1], dtype=torch.bool, device=dev)
+                r, c = real.nonzero(as_tuple=True)
+                seen[r, ids[r, c]] = True
+            nxt = self._pick(self._penalized(logits, seen, penalty), temperature, top_p, generator)
+            self._mark(seen, nxt)
             st.pos.copy_(pos[:, -1:])
             st.cache_pos.fill_(width - 1)
             cuda = dev.type == "cuda"
             run = dict(st=st, nxt=nxt, width=width, length=length, cuda=cuda, temperature=temperature,
-                       top_p=top_p, generator=generator,
+                       top_p=top_p, generator=generator, seen=seen, penalty=penalty,
                        host=[torch.empty(rows, dtype=torch.long, pin_memory=cuda) for _ in range(2)],
                        events=[torch.cuda.Event() if cuda else None for _ in range(2)])
             self._to_host(run, 0, nxt)
@@ -344,11 +351,29 @@ class FastEngine:
                     graph.replay()
                 else:
                     logits = self._decode_step(st, window)
+                logits = self._penalized(logits, run["seen"], run["penalty"])
                 run["nxt"] = self._pick(logits, run["temperature"], run["top_p"], run["generator"])
+                self._mark(run["seen"], run["nxt"])
                 self._to_host(run, (step + 1) % 2, run["nxt"])
             if run["cuda"]:
                 run["events"][step % 2].synchronize()
             return run["host"][step % 2].tolist()
+
+    @staticmethod
+    def _penalized(logits, seen, penalty: float):
+        """The repetition penalty over each row's tokens so far (ChatSettings.repetition_penalty), as plain
+        generate applies it (workbench.chat.streaming.RepeatPenalty)."""
+        if seen is None:
+            return logits
+        from workbench.chat.streaming import penalize_repeats
+
+        return penalize_repeats(logits.float(), seen, penalty)
+
+    @staticmethod
+    def _mark(seen, tokens) -> None:
+        """Each row's new token joins its seen tokens (the penalty's memory; nothing when the penalty is off)."""
+        if seen is not None:
+            seen.scatter_(1, tokens.view(-1, 1), True)
 
     @staticmethod
     def _pick(logits, temperature: float, top_p: float, generator):

@@ -29,6 +29,10 @@ class ChatSettings:
     top_p: float = 0.9
     max_new_tokens: int = 256
     seed: int = 42  # makes sampled answers repeatable; -1 = a new random seed each time
+    # Tokens already in the prompt or the answer get their logit divided (if positive) or multiplied (if negative)
+    # by this, as transformers' repetition_penalty, left padding excluded. 1.0 = off. A small model tuned for a few
+    # steps (the quick demo) otherwise loops on one phrase in greedy answers ("….ALGORITHMS.ALGORITHMS…").
+    repetition_penalty: float = 1.1
 
     def validate(self) -> list[str]:
         problems = []
@@ -38,6 +42,9 @@ class ChatSettings:
             problems.append(f"Top-p {self.top_p} must be above 0 and at most 1; 0.9 is typical.")
         if not (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 4096):
             problems.append(f"Max new tokens {self.max_new_tokens} is out of range; use 1-4096 (256 is typical).")
+        if not (isinstance(self.repetition_penalty, (int, float)) and 1 <= self.repetition_penalty <= 2):
+            problems.append(f"Repetition penalty {self.repetition_penalty} is out of range; use 1 (off) to 2 "
+                            f"(1.1 is typical).")
         if not isinstance(self.seed, int):
             problems.append(f"Seed {self.seed!r} must be a whole number (-1 for random).")
         return problems
@@ -84,6 +91,31 @@ def _stop_on_event(event: threading.Event):
     return StopOnEvent()
 
 
+def penalize_repeats(scores, seen, penalty: float):
+    """transformers' repetition penalty on a [rows, vocab] boolean mask of the tokens each row has seen: positive
+    logits divided by `penalty`, negative ones multiplied. The fast engine and plain generate both use this."""
+    import torch
+
+    return torch.where(seen, torch.where(scores > 0, scores / penalty, scores * penalty), scores)
+
+
+class RepeatPenalty:
+    """A logits processor for plain `generate`: the repetition penalty over each row's own tokens, its left padding
+    left out (transformers' own processor also penalizes the pad id, so a short row in a batch would answer
+    differently from the same row alone, and from the fast engine)."""
+
+    def __init__(self, penalty: float, pads: list[int]):
+        self.penalty, self.pads = float(penalty), pads
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        seen = torch.zeros_like(scores, dtype=torch.bool)
+        for row, pad in enumerate(self.pads):
+            seen[row, input_ids[row, pad:]] = True
+        return penalize_repeats(scores, seen, self.penalty)
+
+
 def _generation_config(held, settings: ChatSettings):
     from transformers import GenerationConfig
 
@@ -118,6 +150,9 @@ def stream_pair(held, adapter_names: list[str], prompts: list[list[int]], settin
                   stopping_criteria=[_stop_on_event(stop_event)])
     if any(n != PEFT_BASE for n in adapter_names):
         kwargs["adapter_names"] = adapter_names
+    if settings.repetition_penalty != 1.0:
+        width = max(len(p) for p in prompts)
+        kwargs["logits_processor"] = [RepeatPenalty(settings.repetition_penalty, [width - len(p) for p in prompts])]
 
     engine = _fast_engine(held, len(prompts), max(len(p) for p in prompts) + settings.max_new_tokens)
     row_adapters = [None if n == PEFT_BASE else n for n in adapter_names]
@@ -128,7 +163,8 @@ def stream_pair(held, adapter_names: list[str], prompts: list[list[int]], settin
 
         steps = engine.generate(prompts, row_adapters, settings.max_new_tokens, stop_ids,
                                 temperature=float(settings.temperature), top_p=float(settings.top_p),
-                                seed=settings.seed, should_stop=stop_event.is_set)
+                                seed=settings.seed, should_stop=stop_event.is_set,
+                                repetition_penalty=float(settings.repetition_penalty))
         try:
             first = next(steps)
         except Unsupported:

@@ -22,6 +22,8 @@ def register(sub) -> None:
                                                                 "(default %(default)s).")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="Longest answer, in tokens (default %(default)s).")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help="Above 1 a model repeats a phrase less; 1 = off (default %(default)s).")
     p.add_argument("--seed", type=int, default=d.seed, help="Seed for sampling (-1 = random; default %(default)s).")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="Where to run (default auto).")
     p.add_argument("--json", action="store_true", help="Print JSON (answers, token counts, timings).")
@@ -40,7 +42,8 @@ def run_chat(args) -> int:
     from workbench.chat import session as chat
 
     settings = chat.ChatSettings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
+                                 max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                 repetition_penalty=args.repetition_penalty)
     sides = (args.against, args.run)
     final = None
     try:

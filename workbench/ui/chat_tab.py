@@ -82,7 +82,7 @@ def headers(sides, blind: bool) -> tuple[str, str]:
     return tuple(f"### {chat.side_label(s)}" for s in sides)
 
 
-def settings_from(system, temperature, top_p, max_new, seed) -> chat.ChatSettings:
+def settings_from(system, temperature, top_p, max_new, seed, repetition_penalty=None) -> chat.ChatSettings:
     """Widget values -> ChatSettings; an empty widget means the ChatSettings default."""
     def pick(value, default):
         return default if value is None or value == "" else value
@@ -92,7 +92,8 @@ def settings_from(system, temperature, top_p, max_new, seed) -> chat.ChatSetting
                                  temperature=float(pick(temperature, DEFAULTS.temperature)),
                                  top_p=float(pick(top_p, DEFAULTS.top_p)),
                                  max_new_tokens=int(pick(max_new, DEFAULTS.max_new_tokens)),
-                                 seed=int(pick(seed, DEFAULTS.seed)))
+                                 seed=int(pick(seed, DEFAULTS.seed)),
+                                 repetition_penalty=float(pick(repetition_penalty, DEFAULTS.repetition_penalty)))
     except (TypeError, ValueError):
         raise gr.Error("Temperature, top-p, max new tokens and seed must be numbers.") from None
 
@@ -181,14 +182,14 @@ def _run_picked(run_id, other):
 NO_RUN = "Pick a fine-tuned run first (none yet? train one in the Train tab; it appears here once its adapter is saved)."
 
 
-def _chat(question, left_hist, right_hist, run_id, other, blind, system, temperature, top_p, max_new, seed,
+def _chat(question, left_hist, right_hist, run_id, other, blind, system, temperature, top_p, max_new, seed, repeat,
           request: gr.Request):
     guard.require(request, "chat")
     if not run_id:  # a notice, not an error: an exception would mark every output of the event "Error"
         gr.Warning(NO_RUN)
         yield (*[gr.skip()] * 4, f"**{NO_RUN}**", *[gr.skip()] * (4 + len(reviews.CHOICES)))
         return
-    settings = settings_from(system, temperature, top_p, max_new, seed)
+    settings = settings_from(system, temperature, top_p, max_new, seed, repeat)
     sides = (other or chat.BASE, run_id)
     if blind:  # hide which side is which: a fresh coin flip per question, and no history to give it away
         sides = reviews.blind_sides(run_id, other or chat.BASE)
@@ -310,6 +311,9 @@ def build(demo: gr.Blocks) -> None:
             max_new = gr.Number(DEFAULTS.max_new_tokens, precision=0, label="Max new tokens", info="1-4096.",
                                 elem_id="chat-max-new")
             seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed", info="-1 = random.")
+            repeat = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.05, label="Repetition penalty",
+                               info="1 = off; above 1 a model repeats a phrase less (small models loop without it).",
+                               elem_id="chat-repeat")
     notice = gr.Markdown(elem_id="chat-notice")
     status = gr.Markdown(elem_id="chat-status")
     with gr.Row():
@@ -337,7 +341,8 @@ def build(demo: gr.Blocks) -> None:
     pending = gr.State(None)  # the answered pair awaiting a vote, with the hidden mapping (stays on the server)
 
     buttons = [vote_btns[c] for c in reviews.CHOICES]
-    chat_in = [question, left_bot, right_bot, run_pick, other_pick, blind, system, temperature, top_p, max_new, seed]
+    chat_in = [question, left_bot, right_bot, run_pick, other_pick, blind, system, temperature, top_p, max_new, seed,
+               repeat]
     chat_out = [left_bot, right_bot, left_head, right_head, status, question, pending, reveal, *buttons, stop_btn]
     send_btn.click(_chat, chat_in, chat_out, api_name="chat", show_progress="minimal")
     question.submit(_chat, chat_in, chat_out, api_visibility="private", show_progress="minimal")
