@@ -422,3 +422,13 @@ def test_push_failures_are_the_log_s_last_line_not_an_error_badge():
     assert log.splitlines()[-1].startswith("error: ") and "adapter" in log
     with pytest.raises(gr.Error, match="not a valid run id"):  # a malformed id is still refused outright
         deploy_tab._push("../../etc", "alice/x", True, False, None)
+
+
+def test_the_cleaning_summary_says_dropped_not_minus_zero_rows():
+    # Seen in both tabs' "Trains on": "strip_numbering (−0 rows, 0 edited)".
+    from workbench.data import workspace
+
+    meta = {"cleaning": [{"step": "strip_numbering", "dropped": 0, "edited": 3},
+                         {"step": "drop_duplicate_pairs", "dropped": 1200, "edited": 0}]}
+    assert workspace.cleaning_summary(meta) == ("cleaned: strip_numbering (0 dropped, 3 edited), "
+                                                "drop_duplicate_pairs (1,200 dropped, 0 edited)")

@@ -115,7 +115,7 @@ def cleaning_summary(meta: dict) -> str:
     steps = meta.get("cleaning") or []
     if not steps:
         return "no cleaning steps applied"
-    return "cleaned: " + ", ".join(f"{s['step']} (−{s['dropped']:,} rows, {s['edited']:,} edited)" for s in steps)
+    return "cleaned: " + ", ".join(f"{s['step']} ({s['dropped']:,} dropped, {s['edited']:,} edited)" for s in steps)
 
 
 def describe(meta: dict | None, data_cfg: DataConfig | None = None) -> str:
