@@ -118,3 +118,14 @@ def test_send_without_a_run_says_what_to_do_and_marks_nothing_as_an_error(client
     status = out[4]
     assert "Pick a fine-tuned run first" in status and "Train tab" in status
     assert out[5] in ({"__type__": "update"}, "What is Delta Lake?")  # the question box is left as it is
+
+
+def test_the_compare_panel_starts_with_its_own_columns_and_a_sentence():
+    # Seen in the browser: before any run was picked, "Compare runs side by side" showed a table headed "1 2 3"
+    # (Gradio's placeholder) and an empty plot frame.
+    from workbench.ui.app import build_app
+
+    demo = build_app()
+    props = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]}
+    assert props["metrics-compare-table"]["value"]["headers"][:3] == ["Run", "Examples", "PPL base"]
+    assert "Pick two or more scored runs" in str(props["metrics-compare-plot"]["value"])

@@ -388,8 +388,9 @@ def build(demo: gr.Blocks) -> None:
     with gr.Accordion("Compare runs side by side", open=False):
         compare = gr.Dropdown([], multiselect=True, label="Scored runs", elem_id="metrics-compare")
         compare_note = gr.HTML(elem_id="metrics-compare-note")
-        compare_df = gr.Dataframe(interactive=False, elem_id="metrics-compare-table")
-        compare_plot = gr.Plot()
+        # Empty states: the table's own columns (not Gradio's placeholder "1 2 3") and a sentence instead of axes.
+        compare_df = gr.Dataframe(compare_table([]), interactive=False, elem_id="metrics-compare-table")
+        compare_plot = gr.Plot(compare_chart([]), elem_id="metrics-compare-plot")
     with gr.Accordion("Export", open=False):
         with gr.Row():
             fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Format")
