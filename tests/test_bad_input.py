@@ -170,7 +170,9 @@ def test_prepare_dataset_says_when_cleaning_or_the_split_leaves_nothing(tmp_path
     p = _text("tiny.csv", "question,answer\nWhat is it?,ok\n")(tmp_path)
     with pytest.raises(data.DataError, match="Cleaning removed every row; turn off some cleaning steps"):
         data.prepare_dataset(DataConfig(source=str(p)))
-    with pytest.raises(data.DataError, match=r"The split left \d training and \d evaluation rows; use more data"):
+    with pytest.raises(data.DataError, match=r"The split left \d training and \d evaluation rows of \d; a run needs "
+                       r"at least one of each: use more data, or change the share held out for evaluation "
+                       r"\(data.eval_fraction, now"):
         data.prepare_dataset(DataConfig(source=str(p), cleaning=[]))
 
 

@@ -192,8 +192,9 @@ def prepare_dataset(data_cfg: DataConfig, records: pd.DataFrame | None = None) -
     sides = split(df, data_cfg.eval_fraction, data_cfg.split_seed)
     train, eval_ = df[sides == "train"], df[sides == "eval"]
     if train.empty or eval_.empty:
-        raise DataError(f"The split left {len(train)} training and {len(eval_)} evaluation rows; use more data "
-                        f"or change data.eval_fraction.")
+        raise DataError(f"The split left {len(train)} training and {len(eval_)} evaluation rows of {len(df)}; a run "
+                        f"needs at least one of each: use more data, or change the share held out for evaluation "
+                        f"(data.eval_fraction, now {data_cfg.eval_fraction:.0%}).")
     if data_cfg.max_train_examples:
         train = train.head(data_cfg.max_train_examples)
     if data_cfg.max_eval_examples:
