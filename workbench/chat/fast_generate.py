@@ -41,6 +41,7 @@ from workbench import runs
 from workbench.chat import nf4_gemv
 from workbench.chat.fast_layers import (  # noqa: F401 (fg._dense, fg.Unsupported, fg.kv_bytes are used by callers)
     GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, dense_bytes, kv_bytes)
+from workbench.chat import sampling
 from workbench.chat.fast_state import Slots, State, stack_slots
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
@@ -312,12 +313,9 @@ class FastEngine:
                 generator.manual_seed(seed if seed is not None and seed >= 0 else torch.seed())
             logits = self._forward(st, ids, pos, mask.unsqueeze(1), None)
             seen = None  # the repetition penalty's tokens seen per row (prompt without its padding, then answers)
-            if penalty != 1.0:
-                seen = torch.zeros(rows, logits.shape[-1], dtype=torch.bool, device=dev)
-                r, c = real.nonzero(as_tuple=True)
-                seen[r, ids[r, c]] = True
-            nxt = self._pick(self._penalized(logits, seen, penalty), temperature, top_p, generator)
-            self._mark(seen, nxt)
+            seen = sampling.seen_tokens(ids, real, logits.shape[-1]) if penalty != 1.0 else None
+            nxt = sampling.pick(sampling.penalized(logits, seen, penalty), temperature, top_p, generator)
+            sampling.mark(seen, nxt)
             st.pos.copy_(pos[:, -1:])
             st.cache_pos.fill_(width - 1)
             cuda = dev.type == "cuda"
@@ -351,44 +349,13 @@ class FastEngine:
                     graph.replay()
                 else:
                     logits = self._decode_step(st, window)
-                logits = self._penalized(logits, run["seen"], run["penalty"])
-                run["nxt"] = self._pick(logits, run["temperature"], run["top_p"], run["generator"])
-                self._mark(run["seen"], run["nxt"])
+                logits = sampling.penalized(logits, run["seen"], run["penalty"])
+                run["nxt"] = sampling.pick(logits, run["temperature"], run["top_p"], run["generator"])
+                sampling.mark(run["seen"], run["nxt"])
                 self._to_host(run, (step + 1) % 2, run["nxt"])
             if run["cuda"]:
                 run["events"][step % 2].synchronize()
             return run["host"][step % 2].tolist()
-
-    @staticmethod
-    def _penalized(logits, seen, penalty: float):
-        """The repetition penalty over each row's tokens so far (ChatSettings.repetition_penalty), as plain
-        generate applies it (workbench.chat.streaming.RepeatPenalty)."""
-        if seen is None:
-            return logits
-        from workbench.chat.streaming import penalize_repeats
-
-        return penalize_repeats(logits.float(), seen, penalty)
-
-    @staticmethod
-    def _mark(seen, tokens) -> None:
-        """Each row's new token joins its seen tokens (the penalty's memory; nothing when the penalty is off)."""
-        if seen is not None:
-            seen.scatter_(1, tokens.view(-1, 1), True)
-
-    @staticmethod
-    def _pick(logits, temperature: float, top_p: float, generator):
-        """Greedy argmax, or transformers' temperature -> top-p -> multinomial sampling."""
-        import torch
-
-        if temperature <= 0:
-            return logits.argmax(-1)
-        scores = logits / temperature if temperature != 1.0 else logits
-        if top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(scores, descending=False)
-            remove = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
-            remove[..., -1:] = False
-            scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
-        return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
 
 
 # -- where callers get an engine -------------------------------------------------------------------

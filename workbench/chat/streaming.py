@@ -17,6 +17,8 @@ from typing import Iterator
 
 PEFT_BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
+from workbench.chat.sampling import RepeatPenalty  # noqa: F401 (plain generate's penalty; tests import it here)
+
 
 class ChatError(ValueError):
     """Chat cannot run as asked; the message says what to change."""
@@ -89,31 +91,6 @@ def _stop_on_event(event: threading.Event):
             return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
 
     return StopOnEvent()
-
-
-def penalize_repeats(scores, seen, penalty: float):
-    """transformers' repetition penalty on a [rows, vocab] boolean mask of the tokens each row has seen: positive
-    logits divided by `penalty`, negative ones multiplied. The fast engine and plain generate both use this."""
-    import torch
-
-    return torch.where(seen, torch.where(scores > 0, scores / penalty, scores * penalty), scores)
-
-
-class RepeatPenalty:
-    """A logits processor for plain `generate`: the repetition penalty over each row's own tokens, its left padding
-    left out (transformers' own processor also penalizes the pad id, so a short row in a batch would answer
-    differently from the same row alone, and from the fast engine)."""
-
-    def __init__(self, penalty: float, pads: list[int]):
-        self.penalty, self.pads = float(penalty), pads
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        seen = torch.zeros_like(scores, dtype=torch.bool)
-        for row, pad in enumerate(self.pads):
-            seen[row, input_ids[row, pad:]] = True
-        return penalize_repeats(scores, seen, self.penalty)
 
 
 def _generation_config(held, settings: ChatSettings):
