@@ -38,14 +38,21 @@ from gpu_suite import other_home  # noqa: E402
 
 
 def base_config(args):
-    """The embedded-gpu preset with the seed's LoRA recipe (r16/alpha32 on q/k/v/o, lr 2e-4): trial 0."""
-    from workbench.config import preset
+    """The embedded-gpu preset with the seed's LoRA recipe (r16/alpha32 on q/k/v/o, lr 2e-4): the seed recipe."""
     from workbench.training import search
+
+    cfg = start_config(args)
+    cfg.lora.target_modules, cfg.lora.r, cfg.lora.alpha = list(search.ATTENTION), 16, 32
+    cfg.training.learning_rate = 2e-4
+    return cfg
+
+
+def start_config(args):
+    """The embedded-gpu preset as shipped, with the benchmark's data, held-out rows and scoring settings."""
+    from workbench.config import preset
 
     cfg = preset("embedded-gpu")
     cfg.name = "recipe-search"
-    cfg.lora.target_modules, cfg.lora.r, cfg.lora.alpha = list(search.ATTENTION), 16, 32
-    cfg.training.learning_rate = 2e-4
     cfg.data.dbdemos_dir = args.dbdemos_dir
     cfg.data.max_eval_examples = args.eval_examples  # the held-out rows eval-loss'd = the rows scored
     cfg.eval.max_examples = args.eval_examples
@@ -149,6 +156,10 @@ def main() -> int:
                         help="Budget per trial: optimizer steps (0 = every trial trains the whole recipe). With short "
                              "trials the seed's and the found recipe's full runs are trained after the search.")
     parser.add_argument("--eval-examples", type=int, default=400, help="Held-out questions (eval loss and scoring).")
+    parser.add_argument("--start", choices=("seed", "preset"), default="seed",
+                        help="The search's starting recipe (its trial 0): the seed recipe, or the embedded-gpu preset "
+                             "as shipped (then the seed recipe's full run trains beside the search and is scored as "
+                             "the comparison).")
     parser.add_argument("--home", help="WORKBENCH_HOME for the run folders (default: a new temporary folder).")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recipe_search.json"))
     parser.add_argument("--smoke", action="store_true", help="CPU, 2 trials of 2 steps, 4 questions; writes nothing "
@@ -161,26 +172,28 @@ def main() -> int:
 
     from workbench.training import search
 
-    base = base_config(args)
-    base.training.device = args.device
+    seed_cfg = base_config(args)
+    base = seed_cfg if args.start == "seed" else start_config(args)
+    seed_cfg.training.device = base.training.device = args.device
     started = time.time()
     short = args.trial_steps > 0
-    beside = start_seed_beside(base) if short else None
+    beside = start_seed_beside(seed_cfg) if short or args.start == "preset" else None
     search_id = search.create_search(base, None, args.trials, args.minutes, args.trial_steps)
     print(f"search {search_id} in {search.folder(search_id)}", flush=True)
     state = search.run_search(search.folder(search_id))
     data = search.read_search(search_id)
     wall = round(time.time() - started, 1)
-    seed_trial = next((t for t in data["trials"] if t["number"] == 0 and t["state"] == "completed"), None)
+    start_trial = next((t for t in data["trials"] if t["number"] == 0 and t["state"] == "completed"), None)
+    seed_trial = start_trial if args.start == "seed" else {"number": None, "eval_loss": None}
     found_trial = search.best_trial(data)
-    if state not in ("completed", "stopped") or seed_trial is None or found_trial is None:
+    if state not in ("completed", "stopped") or start_trial is None or found_trial is None:
         if beside:
             beside[2].kill()
-        print(f"search ended '{state}' without a completed seed trial and best trial: {data.get('reason')}",
+        print(f"search ended '{state}' without a completed first trial and best trial: {data.get('reason')}",
               file=sys.stderr)
         return 1
     if beside:  # the found recipe's full run trains while the seed's finishes (if it has not yet)
-        found = None if found_trial["number"] == 0 else recipe_result(search_id, found_trial, short)
+        found = None if found_trial["number"] == seed_trial["number"] else recipe_result(search_id, found_trial, short)
         seed = seed_result(*beside, seed_trial)
         found = found or seed
     else:
@@ -195,7 +208,7 @@ def main() -> int:
         "gpu": _gpu_name(), "model": base.model.name_or_path, "smoke": args.smoke,
         "budget": {"trials": args.trials, "minutes": args.minutes, "trial_steps": args.trial_steps,
                    "sampler": data["sampler"], "search_wall_s": wall, "wall_s": round(time.time() - started, 1),
-                   "space": data["space"], "eval_examples": args.eval_examples,
+                   "space": data["space"], "eval_examples": args.eval_examples, "start": args.start,
                    "seed_full_run_beside_search": bool(beside)},
         "trials": [{k: t.get(k) for k in ("number", "state", "params", "eval_loss", "step", "total_steps", "run_id",
                                           "reason")} for t in data["trials"]],
@@ -207,7 +220,7 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"\n| recipe | eval loss | {' | '.join(seed['change_pct'])} |\n|---|---|" + "---|" * len(gains))
-    for label, r in (("seed (trial 0)", seed), (f"found (trial {found['trial']})", found)):
+    for label, r in (("seed recipe", seed), (f"found (trial {found['trial']})", found)):
         print(f"| {label} | {r['eval_loss']:.3f} | " + " | ".join("n/a" if v is None else f"{v:+.1f}%" for v in r["change_pct"].values())
               + " |")
     print(f"\nwrote {args.out}; goal: {result['goal']}")

@@ -39,6 +39,27 @@ def test_space_adds_the_starting_value_and_drops_epochs_when_steps_are_fixed():
         search.normalize_space(base, {"training.learning_rate": ["-1"]})
 
 
+def test_the_starting_recipe_s_neighbours_come_first_one_setting_one_step_away():
+    """After trial 0 a search tries the starting recipe's nearest variants (half the trial budget) before TPE: from the
+    seed recipe the first is all linear layers (the biggest gain measured); from a recipe at the edge of a choice list
+    there is no step beyond it; a step never repeats the starting recipe."""
+    space = {"lora.target_modules": ["all-linear", "attention"], "lora.r": [16, 64, 256],
+             "training.learning_rate": [1e-4, 2e-4, 4e-4, 8e-4], "training.epochs": [1.0, 2.0, 3.0]}
+    seed = {"lora.target_modules": "attention", "lora.r": 16, "training.learning_rate": 2e-4, "training.epochs": 3.0}
+    got = search.neighbours(space, seed)
+    assert got[:3] == [dict(seed, **{"lora.target_modules": "all-linear"}), dict(seed, **{"lora.r": 64}),
+                       dict(seed, **{"training.learning_rate": 4e-4})]
+    assert dict(seed, **{"training.epochs": 2.0}) in got and all(g != seed for g in got)
+    assert not any(g["lora.r"] < 16 or g["training.epochs"] > 3 for g in got)  # no step beyond the edge
+    assert all(sum(g[k] != seed[k] for k in seed) == 1 for g in got)  # one setting moved
+    best = {"lora.target_modules": "all-linear", "lora.r": 64, "training.learning_rate": 4e-4, "training.epochs": 3.0}
+    assert search.neighbours(space, best, 2) == [dict(best, **{"lora.r": 256}),
+                                                 dict(best, **{"training.learning_rate": 8e-4})]
+    assert search.neighbours({"lora.r": [16]}, {"lora.r": 16}) == []
+    assert search.neighbours_tried(6) == 3 and search.neighbours_tried(1) == 1
+    assert search.neighbours_tried(0) == len(search.NEIGHBOUR_ORDER)
+
+
 def test_apply_sets_layers_rank_with_alpha_twice_rank_and_learning_rate():
     cfg = search.apply(preset("quick-demo-cpu"), {"lora.target_modules": "all-linear", "lora.r": 64,
                                                   "training.learning_rate": 4e-4})

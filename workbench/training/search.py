@@ -4,7 +4,8 @@ lowest held-out eval loss.
 Optuna picks the recipes (TPE; or every combination, in random order, when the budget covers them all) from a small
 space (which layers get adapters, rank with alpha = 2 x rank, learning rate, epochs), and prunes a trial whose eval
 loss falls behind the median of the earlier trials at the same step. The first trial is always the starting recipe
-itself, so a search can only report something at least as good as what the user had.
+itself, so a search can only report something at least as good as what the user had; the next ones (half of a trial
+budget) are its nearest neighbours, one setting moved one choice up or down, before the sampler takes over.
 
 A search lives in <runs>/.searches/<search-id>/: search.json (what it searches, its budget, its state and the table
 of trials; written only by the search process once it runs), study.db (Optuna's SQLite storage), search.log and
@@ -30,12 +31,18 @@ from workbench import paths, runs
 from workbench.config import RunConfig
 from workbench.training import jobs
 from workbench.training.search_space import (  # noqa: F401 (the search's public names)
-    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, normalize_space, recipe_params,
-    size, target_name, trained_count, trial_rows)
+    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, neighbours, normalize_space,
+    recipe_params, size, target_name, trained_count, trial_rows, NEIGHBOUR_ORDER)
 
 ACTIVE = ("queued", "running", "stopping")
 FINISHED_TRIALS = ("completed", "pruned", "failed", "stopped", "repeat")
 REPEATS_BEFORE_STOP = 5  # proposals in a row that repeat earlier settings: the search has converged and ends
+
+
+def neighbours_tried(trials: int) -> int:
+    """Neighbours of the starting recipe tried before the sampler: half of a trial budget (the rest is the
+    sampler's), all of them with a budget in minutes only."""
+    return max(1, trials // 2) if trials else len(NEIGHBOUR_ORDER)
 
 
 # -- where searches live ---------------------------------------------------------------------------
@@ -429,7 +436,10 @@ def run_search(path: Path, poll_s: float = 1.0) -> str:
         study = optuna.create_study(
             storage=f"sqlite:///{path / 'study.db'}", study_name=data["id"], direction="minimize", sampler=sampler,
             pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0, n_min_trials=1))
-        study.enqueue_trial(recipe_params(trials.base, space))  # trial 0: the starting recipe as it is
+        own = recipe_params(trials.base, space)
+        study.enqueue_trial(own)  # trial 0: the starting recipe as it is
+        for params in neighbours(space, own, neighbours_tried(budget["trials"])):
+            study.enqueue_trial(params)  # then its nearest variants; the sampler (TPE) proposes the rest
         # repeats of scored settings are answered without training and do not spend the budget: the callback stops
         # the study when `trials` trained trials are done (n_trials only bounds the proposals)
         study.optimize(trials, n_trials=budget["trials"] * 3 or None, timeout=budget["minutes"] * 60 or None,

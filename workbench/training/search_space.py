@@ -58,6 +58,33 @@ def normalize_space(base: RunConfig, space: dict | None = None, short_trials: bo
     return out
 
 
+# The order in which the starting recipe's neighbours are tried: wider layer coverage first (the biggest gain
+# measured), then more rank, a faster and a slower learning rate, one more and one fewer epoch, less rank, and
+# fewer layers last.
+NEIGHBOUR_ORDER = [("lora.target_modules", "all-linear"), ("lora.r", +1), ("training.learning_rate", +1),
+                   ("training.learning_rate", -1), ("training.epochs", +1), ("training.epochs", -1), ("lora.r", -1),
+                   ("lora.target_modules", "attention")]
+
+
+def neighbours(space: dict, own: dict, limit: int | None = None) -> list[dict]:
+    """The starting recipe's nearest variants: one setting moved one choice up or down (or to the other layer
+    choice), the rest as they are, in NEIGHBOUR_ORDER; at most `limit` of them. A search tries these right after
+    the starting recipe, so even a small budget looks around a good recipe before the sampler takes over."""
+    out = []
+    for name, move in NEIGHBOUR_ORDER:
+        choices = space.get(name)
+        if not choices or name not in own:
+            continue
+        if isinstance(move, str):
+            value = move if move in choices and move != own[name] else None
+        else:
+            i = choices.index(own[name]) + move
+            value = choices[i] if 0 <= i < len(choices) else None
+        if value is not None and dict(own, **{name: value}) not in out:
+            out.append(dict(own, **{name: value}))
+    return out[:limit] if limit is not None else out
+
+
 def size(space: dict) -> int:
     return math.prod(len(v) for v in space.values())
 
