@@ -37,6 +37,9 @@ READ_ONLY_VIEWS = {
     "previous_page", "row_detail",
     # _example_and_row (reviewed): _example and row_detail together, both on the session's own table.
     "_example_and_row",
+    # _runs_tick (reviewed): the Train tab's run list follows the runs folder (a directory listing and the slot file,
+    # run ids validated by runs.folder); it takes no path from the request and writes nothing.
+    "_runs_tick",
     # issue 18 (reviewed): the recipe panel's line for the run "Use this recipe" started reads that run's status.json
     # (the id comes from the session's own state and is validated as a run id); it writes nothing.
     "_full_run_view",

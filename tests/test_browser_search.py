@@ -92,7 +92,9 @@ def test_find_a_recipe_shows_trials_survives_refresh_and_uses_one(app_server, pa
     run_id = page.locator("#search-used strong").inner_text()
     expect(page.locator("#search-full-id")).to_have_text(run_id)
     expect(page.locator("#search-full-state")).to_have_text(re.compile("queued|running|stopping|completed"))
-    # A refresh shows the running full run in the Train tab; its Stop ends it (so it does not keep the CPU busy).
+    # The Train tab's Run list picks the new run without a refresh (it used to need one), and so does a refresh; its
+    # Stop ends it (so it does not keep the CPU busy).
+    expect(page.locator("#train-run input")).to_have_value(run_id)
     page.reload()
     page.get_by_role("tab", name="Train").click()
     expect(page.locator("#train-run input")).to_have_value(run_id)

@@ -84,6 +84,36 @@ def test_float32_greedy_tokens_equal_plain_generate_batched_and_alone(fp32):
     assert _fast(engine, prompts[2:], 12) == _plain(model, tok, prompts[2:], 12)
 
 
+def test_an_mlp_patched_by_liger_kernel_still_runs_on_the_engine(fp32):
+    """Found on the H200: after a training run in the same process (bench/quality_run.py, a run's own scoring),
+    liger-kernel's patch had replaced the MLP class with one that has no act_fn, and building the engine failed the
+    whole evaluation with AttributeError. The engine now takes silu (the checked activation) where act_fn is absent;
+    the tokens equal plain generate's through the same patched modules."""
+    import torch
+    import torch.nn.functional as F
+
+    class SwiGLUWithoutActFn(torch.nn.Module):  # how liger-kernel's LigerSwiGLUMLP looks to the engine
+        def __init__(self, mlp):
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+        def forward(self, x):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    model, tok = fp32
+    layers = fg._core(model).model.layers
+    original = [layer.mlp for layer in layers]
+    try:
+        for layer in layers:
+            layer.mlp = SwiGLUWithoutActFn(layer.mlp)
+        engine = fg.FastEngine(model)
+        prompts = [_prompt(tok, q) for q in QUESTIONS[:2]]
+        assert _fast(engine, prompts, 8) == _plain(model, tok, prompts, 8)
+    finally:
+        for layer, mlp in zip(layers, original):
+            layer.mlp = mlp
+
+
 def test_repetition_penalty_is_transformers_own_rule_and_the_engine_applies_it_as_plain_generate(fp32):
     """Chat's repetition penalty: on one unpadded row it is exactly transformers' RepetitionPenaltyLogitsProcessor;
     in a left-padded batch the padding is not penalized, so each row answers as it would alone; the engine's greedy
@@ -206,16 +236,21 @@ def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
 
 @pytest.mark.parametrize("mode", ["lora", "all"])
 def test_products_as_reductions_give_the_same_tokens(fp32, monkeypatch, mode):
-    """WORKBENCH_FAST_REDUCE (speed levers for the compiled decode step, off by default): the per-row LoRA products
-    (and with =all the base products) written as multiply-and-sum give the matmul form's greedy tokens, base and two
-    adapters in one batch."""
+    """WORKBENCH_FAST_REDUCE (the decode step's products as reductions; =lora is the default, =0 turns it off): the
+    per-row LoRA products (and with =all the base products) written as multiply-and-sum give the matmul form's greedy
+    tokens, base and two adapters in one batch."""
     model, tok = fp32
     peft_model = _two_adapters(model, 1, ["q_proj", "v_proj", "o_proj", "down_proj"],
                                ["k_proj", "gate_proj", "up_proj"], other_alpha=8)
     try:
         prompts = [_prompt(tok, QUESTION)] * 3
         adapters = [None, "tuned", "other"]
-        matmul = _fast(fg.FastEngine(peft_model), prompts, 10, adapters)
+        monkeypatch.setenv("WORKBENCH_FAST_REDUCE", "0")
+        plain_products = fg.FastEngine(peft_model)
+        assert plain_products.reduce == ""
+        matmul = _fast(plain_products, prompts, 10, adapters)
+        monkeypatch.delenv("WORKBENCH_FAST_REDUCE")
+        assert fg.FastEngine(peft_model).reduce == "lora"  # the default
         monkeypatch.setenv("WORKBENCH_FAST_REDUCE", mode)
         engine = fg.FastEngine(peft_model)
         assert engine.reduce == mode
@@ -410,6 +445,23 @@ def test_cuda_stop_sampling_seed_and_eval_path(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
+def test_cuda_engine_stays_compiled_through_many_batch_shapes(tmp_path):
+    """Found on the H200 (bench/generate_speed.py): after 8 batch shapes (chat rows, evaluation batch sizes) dynamo's
+    recompile limit made the next compile fail, and the engine fell back to the uncompiled layers for good (117 vs
+    150 tokens/s). The engine raises the limit; twelve shapes later it is still compiled."""
+    import torch
+
+    model = _small_cuda_model(tmp_path, layers=2)
+    engine = fg.FastEngine(model)
+    assert engine.compiled
+    g = torch.Generator().manual_seed(5)
+    for rows in range(1, 13):
+        prompts = [torch.randint(5, 4096, (8 + r,), generator=g).tolist() for r in range(rows)]
+        _fast(engine, prompts, 3, [None if r % 2 else "run1" for r in range(rows)])
+        assert engine.compiled and not engine.compile_error, (rows, engine.compile_error)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["lora", "all"])
 def test_cuda_reduction_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, mode):
     """WORKBENCH_FAST_REDUCE on the GPU: the compiled, graphed decode step with the products as reductions gives the
@@ -420,6 +472,7 @@ def test_cuda_reduction_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(5, 4096, (n,), generator=g).tolist() for n in (12, 33)]
     adapters = [None, "run1"]
+    monkeypatch.setenv("WORKBENCH_FAST_REDUCE", "0")
     matmul = _fast(fg.FastEngine(model), prompts, 24, adapters)
     monkeypatch.setenv("WORKBENCH_FAST_REDUCE", mode)
     engine = fg.FastEngine(model)

@@ -68,14 +68,26 @@ def test_apply_sets_layers_rank_with_alpha_twice_rank_and_learning_rate():
     assert preset("quick-demo-cpu").lora.r == 16  # the base is not changed
 
 
+def test_trial_0_is_the_starting_recipe_as_it_is_even_when_alpha_is_not_twice_the_rank():
+    """Found by using the app: with the form at r8 / alpha 32, trial 0 trained r8 / alpha 16 (alpha was forced to 2 x r),
+    so 'trial 0 is your recipe as it is' was false. Alpha now keeps the starting recipe's alpha/r ratio."""
+    base = preset("quick-demo-cpu")
+    base.lora.r, base.lora.alpha = 8, 32
+    assert search.apply(base, {"lora.r": 8}).lora.alpha == 32  # trial 0: the recipe itself
+    assert search.apply(base, {"lora.r": 64}).lora.alpha == 256  # the same 4x ratio
+    data = {"base": base.to_dict(), "trials": [{"number": 0, "state": "completed", "params": {"lora.r": 8},
+                                                "eval_loss": 1.0, "run_id": "x"}]}
+    assert "8 / 32" in search.trial_rows(data)[0]
+
+
 def test_gpu_presets_embedded_uses_the_measured_best_recipe_and_the_seed_stays_the_seed():
     best, seed = preset("embedded-gpu"), preset("seed-mistral-7b-gpu")
     assert (best.lora.target_modules, best.lora.r, best.lora.alpha, best.training.learning_rate) == \
-        (search.ALL_LINEAR, 64, 128, 4e-4)
+        (search.ALL_LINEAR, 128, 256, 4e-4)
     assert (seed.lora.target_modules, seed.lora.r, seed.lora.alpha, seed.training.learning_rate) == \
         (search.ATTENTION, 16, 32, 2e-4)
     text = PRESETS["embedded-gpu"].description
-    for measured in ("-43.7%", "-30.8%", "+75.6%", "+62.4%", "H200", "seed-mistral-7b-gpu"):
+    for measured in ("-45.8%", "-30.7%", "+79.9%", "+57.9%", "H200", "seed-mistral-7b-gpu"):
         assert measured in text
 
 

@@ -155,3 +155,15 @@ def test_vocabulary_size_is_read_from_the_model_config_not_hard_coded(tmp_path):
     big.model.name_or_path = str(folder)  # same guessed shape (7B fallback), a 4.7x larger vocabulary
     assert estimate.estimate_vram_gb(big) > small_vocab
     assert models.vocab_size("mistralai/Mistral-7B-Instruct-v0.2") == 32000  # known, nothing on disk
+
+
+def test_the_last_step_done_reads_finishing_not_measuring():
+    """Found by using the app: at 'step 6/6' (the final evaluation and save) the ETA read 'measuring…' although the
+    pace was known."""
+    from workbench.ui.run_view import progress_html
+
+    events = [log(s, loss=1.0) for s in range(1, 7)]
+    done = progress_html({"state": "running", "step": 6, "total_steps": 6}, events)
+    assert "finishing (final evaluation and save)" in done and "measuring" not in done
+    early = progress_html({"state": "running", "step": 0, "total_steps": 6}, [])
+    assert "measuring…" in early

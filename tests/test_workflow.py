@@ -105,6 +105,33 @@ def test_train_tab_uses_the_saved_dataset_by_a_server_chosen_path():
     assert f"{len(sample_table())} records" in text and "at most 64 trained on" in text
 
 
+def test_the_train_tab_run_list_follows_runs_started_elsewhere_and_picks_the_one_that_trains():
+    """Found by using the app: a recipe search's trials and its 'Use this recipe' run never joined the Train tab's Run
+    list until a page refresh, so the new run could not be watched or stopped there. The timer's _runs_tick now
+    follows the runs folder: new and deleted runs join or leave the list, and a run that starts training is picked
+    unless the run shown is itself training."""
+    from workbench.training import jobs
+    from workbench.ui import train_tab
+
+    old = jobs.create_run(preset("quick-demo-cpu"))
+    runs.folder(old).write_status(state="completed")
+    key, pick, _table, _compare = train_tab._runs_tick(old, "")
+    assert pick["choices"] == [old] and pick["value"] == old
+    assert train_tab._runs_tick(old, key) == tuple(train_tab.gr.skip() for _ in range(4))  # nothing changed
+    time.sleep(1.1)  # run ids are per second
+    trial = jobs.create_run(preset("quick-demo-cpu"))  # e.g. a search trial, started by the search process
+    jobs._claim(trial, os.getpid())  # it holds the training slot (a live process)
+    key2, pick, table, _ = train_tab._runs_tick(old, key)
+    assert key2 != key and set(pick["choices"]) == {old, trial} and pick["value"] == trial
+    assert {row[0] for row in table} == {old, trial}
+    time.sleep(1.1)
+    runs.folder(trial).write_status(state="running")
+    other = jobs.create_run(preset("quick-demo-cpu"))
+    _, pick, _, _ = train_tab._runs_tick(trial, key2)  # the run shown trains: it stays picked
+    assert pick["value"] == trial and other in pick["choices"]
+    runs.slot_file().unlink()
+
+
 def test_data_tab_saves_for_admins_only_and_reopens_the_saved_dataset():
     from workbench.ui import data_tab
 

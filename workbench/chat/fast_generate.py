@@ -74,6 +74,19 @@ class _Layer:
     q: dict | None = None  # group -> the 4-bit weights for the NF4 decode kernel (packed, absmax, code, blocksize)
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """The layer math compiles once per batch shape (rows; adapter ranks in the slots). A long-lived app meets more
+    than dynamo's default 8 (chat with 1 or 2 rows, evaluation batches of every size, adapters of several ranks):
+    past that limit a compile fails and the engine fell back to the uncompiled layers (~0.8x) for good."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name, floor in (("recompile_limit", limit), ("cache_size_limit", limit),
+                        ("accumulated_recompile_limit", 8 * limit), ("accumulated_cache_size_limit", 8 * limit)):
+        if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) < floor:
+            setattr(cfg, name, floor)
+
+
 class FastEngine:
     """Dense bf16 copy of a Llama/Mistral/Qwen2 model with per-row LoRA, static cache and graphed decode."""
 
@@ -101,7 +114,9 @@ class FastEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
         self.sliding = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
-        self.act = inner.layers[0].mlp.act_fn
+        # liger-kernel's SwiGLU MLP (patched into the classes by a training run earlier in this process) has no
+        # act_fn; it computes silu(gate) * up, the activation checked above
+        self.act = getattr(inner.layers[0].mlp, "act_fn", None) or torch.nn.functional.silu
         self.layers = []
         for layer in inner.layers:
             w, b = {}, {}
@@ -125,13 +140,15 @@ class FastEngine:
             compile_layers = cuda and os.environ.get("WORKBENCH_FAST_COMPILE", "1") != "0"
         self.pre, self.post = _layer_pre, _layer_post
         if compile_layers:
+            _allow_recompiles()
             self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
             self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
         self.compiled = bool(compile_layers)
-        # decode-step products as generated reductions (levers to measure, off by default; fast_layers._proj):
-        # WORKBENCH_FAST_REDUCE=lora (the LoRA products) or =all (the base products too)
-        self.reduce = os.environ.get("WORKBENCH_FAST_REDUCE", "")
-        if self.reduce not in ("", "lora", "all"):
+        # decode-step products as generated reductions (fast_layers._proj): the LoRA products by default (1.07x per
+        # token on an H200, BENCHMARKS.md); WORKBENCH_FAST_REDUCE=all the base products too (0.54x: measured, not
+        # kept), =0 neither
+        self.reduce = os.environ.get("WORKBENCH_FAST_REDUCE", "lora")
+        if self.reduce not in ("lora", "all"):
             self.reduce = ""
         self.compile_error = ""
         self._states: dict[tuple, State] = {}
@@ -411,7 +428,7 @@ def engine_for(model, device: str, extra_bytes: int = 0, force: bool = False) ->
                               f"plain 4-bit generation")
         try:
             engine = FastEngine(model)
-        except Unsupported as e:
+        except (Unsupported, AttributeError) as e:  # a layer layout the engine does not know: plain generate
             core.__dict__[_ATTR + "_unsupported"] = f"fast path unsupported: {e}"
             return None, core.__dict__[_ATTR + "_unsupported"]
         setattr(core, _ATTR, engine)

@@ -26,7 +26,7 @@ def register(sub) -> None:
                    help="Override a setting of the starting recipe, e.g. --set training.max_steps=30 (repeatable).")
     p.add_argument("--space", action="append", default=[], metavar="KEY=V1,V2",
                    help="Choices to try for one setting instead of the default ones (the starting value is always "
-                        "added): lora.target_modules=attention,all-linear · lora.r=16,64,256 (alpha = 2 x r) · "
+                        "added): lora.target_modules=attention,all-linear · lora.r=16,64,256 (alpha keeps the starting recipe's alpha/r ratio) · "
                         "training.learning_rate=1e-4,2e-4,4e-4,8e-4 · training.epochs=1,2,3. Repeatable.")
     p.add_argument("--trials", type=int, default=6, help="Budget: at most this many trials (0 = no limit; then give "
                                                          "--minutes). Default 6.")

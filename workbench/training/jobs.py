@@ -97,8 +97,8 @@ def release_slot(run_id: str) -> None:
 
 
 def busy_message(run_id: str) -> str:
-    return (f"Run '{run_id}' is training now and only one training job runs at a time (it needs the whole "
-            f"GPU). Wait for it to finish, or stop it first.")
+    return (f"Run '{run_id}' is training now and only one training job runs at a time (a run takes the whole GPU, "
+            f"or every CPU core on a machine without one). Wait for it to finish, or stop it first.")
 
 
 def train_command(run_id: str, resume: bool = False) -> list[str]:

@@ -2,7 +2,7 @@
 lowest held-out eval loss.
 
 Optuna picks the recipes (TPE; or every combination, in random order, when the budget covers them all) from a small
-space (which layers get adapters, rank with alpha = 2 x rank, learning rate, epochs), and prunes a trial whose eval
+space (which layers get adapters, rank with alpha scaled alongside, learning rate, epochs), and prunes a trial whose eval
 loss falls behind the median of the earlier trials at the same step. The first trial is always the starting recipe
 itself, so a search can only report something at least as good as what the user had; the next ones (half of a trial
 budget) are its nearest neighbours, one setting moved one choice up or down, before the sampler takes over.

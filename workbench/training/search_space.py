@@ -89,14 +89,20 @@ def size(space: dict) -> int:
     return math.prod(len(v) for v in space.values())
 
 
+def alpha_for(base: RunConfig, r: int) -> int:
+    """LoRA alpha for rank r at the base recipe's alpha/r ratio (2 for r16/alpha32)."""
+    return max(1, round(r * base.lora.alpha / max(base.lora.r, 1)))
+
+
 def apply(base: RunConfig, params: dict) -> RunConfig:
-    """The base config with a trial's settings: layers by name, rank with alpha = 2 x rank, learning rate, epochs."""
+    """The base config with a trial's settings: layers by name, rank (alpha keeps the base's alpha/r ratio, so the
+    starting recipe's own rank gives back its own alpha), learning rate, epochs."""
     cfg = copy.deepcopy(base)
     if "lora.target_modules" in params:
         name = params["lora.target_modules"]
         cfg.lora.target_modules = list(TARGETS.get(name) or [m for m in name.split(",") if m])
     if "lora.r" in params:
-        cfg.lora.r, cfg.lora.alpha = int(params["lora.r"]), 2 * int(params["lora.r"])
+        cfg.lora.r, cfg.lora.alpha = int(params["lora.r"]), alpha_for(base, int(params["lora.r"]))
     if "training.learning_rate" in params:
         cfg.training.learning_rate = float(params["training.learning_rate"])
     if "training.epochs" in params:
@@ -117,12 +123,14 @@ COLUMNS = ["trial", "state", "layers", "r / alpha", "learning rate", "epochs", "
 def trial_rows(data: dict) -> list[list]:
     """The trials as table rows (best first among completed, then the rest in order), for the UI and the CLI."""
     best = (data.get("best") or {}).get("number")
+    lora = (data.get("base") or {}).get("lora") or {}
+    ratio = (lora.get("alpha") or 2) / max(lora.get("r") or 1, 1)  # the search's alpha/r (alpha_for)
     rows = []
     for t in data.get("trials", []):
         p = t.get("params", {})
         r = p.get("lora.r")
         rows.append([f"{t['number']}{' ★' if t['number'] == best else ''}", t.get("state", ""),
-                     p.get("lora.target_modules", "(as set)"), f"{r} / {2 * r}" if r else "(as set)",
+                     p.get("lora.target_modules", "(as set)"), f"{r} / {max(1, round(r * ratio))}" if r else "(as set)",
                      p.get("training.learning_rate", "(as set)"), p.get("training.epochs", "(as set)"),
                      t.get("eval_loss"), f"{t.get('step', 0)}/{t.get('total_steps') or '…'}", t.get("run_id", ""),
                      t.get("reason", "")])

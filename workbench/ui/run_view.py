@@ -40,7 +40,10 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
                         "use of the embedded model also converts it once, ≈20 s)")
     reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes) + preference_line(status)
     steps_text = f"{step}/{total}" if total else f"{step}/…"
-    eta_text = _fmt(eta) if eta is not None else ("measuring…" if state == "running" else "—")
+    if eta is None and state == "running" and total and step >= total:  # the last step is done: evaluation, saving
+        eta_text = "finishing (final evaluation and save)"
+    else:
+        eta_text = _fmt(eta) if eta is not None else ("measuring…" if state == "running" else "—")
     scoring_line = ""
     if scoring:
         sfrac = min(max(float(scoring.get("fraction") or 0), 0.0), 1.0)

@@ -20,7 +20,7 @@ INTRO = ("**Find a recipe.** Not sure which LoRA settings suit your data? The se
          "others. Trial 0 is the recipe above as it is, so the best trial is at least as good as what you have. "
          "Then **Use this recipe** trains the winner in full and scores it. Like training, one search at a time.")
 CHOICES = {"lora.target_modules": ("Layers that get adapters", ["attention", "all-linear"]),
-           "lora.r": ("Adapter rank (alpha = 2 × rank)", ["16", "64", "256"]),
+           "lora.r": ("Adapter rank (alpha scales with it, keeping the recipe's alpha ÷ rank)", ["16", "64", "256"]),
            "training.learning_rate": ("Learning rate", ["1e-4", "2e-4", "4e-4", "8e-4"]),
            "training.epochs": ("Passes over the data (epochs)", ["1", "2", "3"])}
 
@@ -156,7 +156,7 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
         except (search.SearchError, jobs.JobError, runs.RunError, DataError) as e:
             raise gr.Error(str(e)) from None
         return (f"Started run **{run_id}** with trial {trial if trial not in (None, '') else 'best'}'s settings; it "
-                f"is scored when it ends. Its progress is below; the Run list above shows it after a refresh."), run_id
+                f"is scored when it ends. Its progress is below, and the Run list above picks it within a few seconds."), run_id
 
     start_btn.click(start, [trials, minutes, trial_steps, *groups, *config_inputs], [search_pick, seen], api_name="search_start",
                     concurrency_limit=1, concurrency_id="train-start")

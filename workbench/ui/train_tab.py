@@ -3,6 +3,7 @@ live progress and curves read from the run folder, log tail, CLI equivalent, his
 from __future__ import annotations
 
 import html
+import os
 
 import gradio as gr
 import yaml
@@ -288,6 +289,30 @@ def _view(run_id, compare, last_seen):
             _history(run_id)[1], *buttons_for(state))
 
 
+def _runs_key() -> str:
+    """Which runs exist and which one trains: a directory listing and the slot file (no status reads)."""
+    names = sorted(n for n in os.listdir(paths.runs_dir()) if not n.startswith("."))
+    return f"{','.join(names)}|{jobs.active_run() or ''}"
+
+
+def _runs_tick(run_id, seen):
+    """Timer tick: runs started elsewhere (a recipe search's trials, its 'Use this recipe' run, the CLI) or deleted
+    there join or leave the Run list and history; a run that starts training is picked when the one shown is not
+    training, so the tab follows what trains."""
+    key = _runs_key()
+    if key == seen:
+        return (gr.skip(),) * 4
+    active = jobs.active_run()
+    pick = run_id
+    if active and active != run_id:
+        try:
+            shown_active = bool(run_id) and runs.read_status(run_id).get("state") in runs.ACTIVE_STATES
+        except runs.RunError:
+            shown_active = False
+        pick = run_id if shown_active else active
+    return (key, *_history(pick))
+
+
 def _compare_choices(run_id, chosen):
     """The overlay list offers every run but the one shown."""
     ids = [r["id"] for r in runs.list_runs()]
@@ -382,6 +407,7 @@ def build(demo: gr.Blocks) -> None:
             delete_btn = gr.Button("Delete run", variant="stop", elem_id="train-delete")
     last_seen = gr.State("")
     data_seen = gr.State("")
+    runs_seen = gr.State("")
     timer = gr.Timer(2.0)
     private = {"api_visibility": "private"}
 
@@ -421,6 +447,7 @@ def build(demo: gr.Blocks) -> None:
     view_io = ([run_pick, compare, last_seen], [last_seen, progress, plot, log, cli, history, stop_btn, resume_btn])
     timer.tick(_view, *view_io, **private)
     timer.tick(data_tick, [data_choice, preset_pick, data_seen], [data_seen, data_choice, data_md], **private)
+    timer.tick(_runs_tick, [run_pick, runs_seen], [runs_seen, run_pick, history, compare], **private)
     run_pick.change(_view, *view_io, **private).then(_compare_choices, [run_pick, compare], compare, **private)
     compare.change(_view, *view_io, **private)
 
