@@ -112,6 +112,8 @@ def test_short_trials_train_a_fixed_number_of_steps_and_use_trains_the_whole_rec
     search_id = search.create_search(base, trials=4, trial_steps=200)
     data = search.read_search(search_id)
     assert data["budget"]["trial_steps"] == 200 and "training.epochs" not in data["space"]
+    shown = run_cli("search", "--show", search_id)  # found by using the app: the header left the steps out
+    assert shown.returncode == 0 and "budget 4 trials, 200 steps a trial" in shown.stdout
     trial = search.short_trial(search.apply(base, {"lora.r": 16}), 200)
     t = trial.training
     assert (t.max_steps, t.eval_steps, t.save_steps, t.save_strategy) == (200, 50, 200, "steps")
@@ -186,6 +188,8 @@ def test_cli_errors_name_the_fix():
     assert out.returncode == 1 and "searchable settings are" in out.stderr
     out = run_cli("search", "--preset", "quick-demo-cpu", "--trials", "0")
     assert out.returncode == 1 and "--trials 6" in out.stderr
+    out = run_cli("search", "--list", "--trial", "2")  # found by using the app: --trial without --use was ignored
+    assert out.returncode == 1 and "--trial picks the trial that --use trains" in out.stderr
     out = run_cli("search", "--use", "search-nope")
     assert out.returncode == 1 and "search --list" in out.stderr
 

@@ -184,6 +184,7 @@ def test_scoring_progress_is_read_from_the_run_folder_while_the_eval_lock_is_hel
         progress = evaluate.read_progress(run_id)
         assert (progress["done"], progress["total"]) == (8, 16)
         assert evaluate.progress_text(progress).startswith("Scoring… 8/16 questions (base model, generating")
+        assert evaluate.progress_text(progress).endswith("% of all scoring")  # the share is of the whole scoring
         assert "being scored now" in evaluate.refusal(run_id)
         from workbench.ui import metrics_tab, train_tab
 

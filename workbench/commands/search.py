@@ -63,6 +63,10 @@ def run_search_command(args) -> int:
     from workbench.training import jobs
     from workbench.training import search
 
+    if args.trial is not None and not args.use:
+        print("error: --trial picks the trial that --use trains, e.g. `python -m workbench search --use SEARCH_ID "
+              "--trial 2`; without --use it does nothing.", file=sys.stderr)
+        return 1
     try:
         if args.search_dir:
             return 0 if search.run_search(Path(args.search_dir)) in ("completed", "stopped") else 1
@@ -127,6 +131,8 @@ def _show(search, data: dict, as_json: bool) -> int:
         return 0
     budget = data.get("budget", {})
     minutes = f", {budget['minutes']:g} min" if budget.get("minutes") else ""
+    if budget.get("trial_steps"):
+        minutes += f", {budget['trial_steps']} steps a trial"
     print(f"search {data.get('id')}: {data.get('state')} · budget {budget.get('trials') or 'any number of'} trials"
           f"{minutes} · settings picked by {data.get('sampler', '?')}")
     if data.get("reason"):

@@ -94,10 +94,11 @@ def read_progress(run_id: str) -> dict | None:
 
 
 def progress_text(progress: dict) -> str:
-    """'Scoring… 8/16 questions (base model, generating answers) · 31%'."""
+    """'Scoring… 8/16 questions (base model, generating answers) · 31% of all scoring': the count is the phase's,
+    the share is of the whole scoring (both models, both passes)."""
     total = progress.get("total") or 0
     count = f" {progress.get('done', 0)}/{total} questions" if total else ""
-    return f"Scoring…{count} ({progress.get('phase_label', '')}) · {progress.get('fraction', 0):.0%}"
+    return f"Scoring…{count} ({progress.get('phase_label', '')}) · {progress.get('fraction', 0):.0%} of all scoring"
 
 
 def _lock_held(run_dir: Path) -> bool:
