@@ -13,6 +13,8 @@ random LoRA adapter (r16/a32 on q/k/v/o) as the "tuned" run. Measured through th
     shipped sample questions cycled), base then tuned, 128 new tokens, eval batch size 8 as configured.
     The fast path runs all 500 x 2; the plain path runs 16 x 2 and is scaled to 500 (it is ~linear in the
     number of batches; running it fully would take several minutes of the lease).
+BENCH_CHAT_ONLY=1: only (a), then the engine alone and (a) again with the Chat tab's repetition penalty (1.1); about
+a minute and a half on an H200, writes no results file.
 
 Then the levers one by one (printed, one JSON object each): CUDA graphs off, no LoRA in the batch (the
 bound for a merged copy), LoRA (or all products) as generated reductions, decoding from the 4-bit weights (NF4 kernel), the layer math
@@ -223,6 +225,20 @@ def main() -> None:
     emit(bench="chat", summary=True, plain_tokens_per_s=plain_rate, fast_tokens_per_s_per_column=fast_rate,
          ratio=round(fast_rate / plain_rate, 1), first_token_s=first_token,
          peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+
+    if os.environ.get("BENCH_CHAT_ONLY") == "1":  # a short run: the chat rows, then the Chat tab's default penalty
+        engine = fg.cached_engine(model)
+        emit(bench="chat", engine_reduce=engine.reduce, compiled=engine.compiled)
+        lever = {"graphs + per-row LoRA, 2 rows (default)": engine_rate(engine, prompt, [None, "tuned"])}
+        emit(bench="lever", variant="graphs + per-row LoRA, 2 rows (default)",
+             tokens_per_s_per_row=round(lever["graphs + per-row LoRA, 2 rows (default)"], 1))
+        penalty = ChatSettings(max_new_tokens=NEW_TOKENS, temperature=0.0, repetition_penalty=1.1)
+        rates = [chat_once(held, prompt, penalty) for _ in range(3)]
+        for r in rates:
+            emit(bench="chat", path="fast (warm), repetition penalty 1.1 (the Chat tab's default)", **r)
+        emit(bench="chat", summary="repetition penalty 1.1", fast_tokens_per_s_per_column=statistics.median(
+            min(r["per_column_tokens_per_s"]) for r in rates), without_penalty=fast_rate)
+        return
 
     # -- same answers? greedy tokens, plain vs fast, on this random model (logits nearly flat: ties are
     # common, so the first divergence and the plain path's top-2 logit gap there are what is reported) ------
