@@ -60,6 +60,18 @@ def test_the_starting_recipe_s_neighbours_come_first_one_setting_one_step_away()
     assert search.neighbours_tried(0) == len(search.NEIGHBOUR_ORDER)
 
 
+def test_epoch_choices_that_cannot_matter_are_said_not_silently_dropped():
+    """Found by using the app: ticked epoch boxes were dropped without a word on a recipe with max steps or with
+    short trials. The search says why (the panel as a warning, the CLI as a note when --space asked for epochs)."""
+    base = preset("quick-demo-cpu")  # max_steps is set
+    assert "max steps (32)" in search.epochs_note(base, None, False)
+    base.training.max_steps = 0
+    assert "steps per trial" in search.epochs_note(base, None, True)
+    assert search.epochs_note(base, None, False) == "" and search.epochs_note(base, {"lora.r": [16]}, True) == ""
+    out = run_cli("search", "--preset", "quick-demo-cpu", "--space", "training.epochs=1,2", "--trials", "0")
+    assert "note: Epochs are not searched" in out.stderr
+
+
 def test_apply_sets_layers_rank_with_alpha_twice_rank_and_learning_rate():
     cfg = search.apply(preset("quick-demo-cpu"), {"lora.target_modules": "all-linear", "lora.r": 64,
                                                   "training.learning_rate": 4e-4})

@@ -87,6 +87,9 @@ def run_search_command(args) -> int:
 
         base = _config_from_args(args)
         space = _space(args.space)
+        note = search.epochs_note(base, space, args.trial_steps > 0)
+        if note and any(item.startswith("training.epochs") for item in args.space):  # asked for, cannot matter
+            print(f"note: {note}", file=sys.stderr)
         if args.background:
             search_id = search.start_search(base, space, args.trials, args.minutes, args.trial_steps)
             print(f"started search {search_id} in the background; follow it with "

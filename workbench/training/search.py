@@ -31,7 +31,8 @@ from workbench import paths, runs
 from workbench.config import RunConfig
 from workbench.training import jobs
 from workbench.training.search_space import (  # noqa: F401 (the search's public names)
-    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, neighbours, normalize_space,
+    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, epochs_note, neighbours,
+    normalize_space,
     recipe_params, size, target_name, trained_count, trial_rows, NEIGHBOUR_ORDER)
 
 ACTIVE = ("queued", "running", "stopping")

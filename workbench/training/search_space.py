@@ -85,6 +85,20 @@ def neighbours(space: dict, own: dict, limit: int | None = None) -> list[dict]:
     return out[:limit] if limit is not None else out
 
 
+def epochs_note(base: RunConfig, space: dict | None, short_trials: bool) -> str:
+    """Why epoch choices given to a search are not searched (normalize_space drops them), or ''."""
+    given = DEFAULT_SPACE if space is None else space
+    if "training.epochs" not in given:
+        return ""
+    if base.training.max_steps > 0:
+        return (f"Epochs are not searched: the recipe stops after max steps ({base.training.max_steps}), so the "
+                f"number of epochs changes nothing. Set max steps to 0 to search them.")
+    if short_trials:
+        return ("Epochs are not searched: with steps per trial, every trial trains that many steps. Set steps per "
+                "trial to 0 (each trial trains its whole recipe) to search them.")
+    return ""
+
+
 def size(space: dict) -> int:
     return math.prod(len(v) for v in space.values())
 

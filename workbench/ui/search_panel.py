@@ -112,6 +112,7 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
         search_pick = gr.Dropdown([], label="Search", elem_id="search-pick")
         status = gr.HTML(status_html(None), elem_id="search-status-box")
         table = gr.Dataframe(headers=search.COLUMNS, interactive=False, wrap=True, elem_id="search-trials-table",
+                             column_widths=["7%", "9%", "9%", "8%", "8%", "6%", "8%", "7%", "16%", "22%"],
                              label="Trials (★ = lowest eval loss; click a header to sort)")
         with gr.Row():
             trial_pick = gr.Dropdown([], label="Trial to train in full (default: the best)", elem_id="search-trial")
@@ -128,13 +129,16 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
         guard.require(request, "train")
         try:
             cfg = _base_config(config)
-            search_id = search.start_search(cfg, _space(layers, ranks, rates, epochs), int(trials_n or 0),
-                                            float(minutes_n or 0), int(steps_n or 0))
+            space = _space(layers, ranks, rates, epochs)
+            search_id = search.start_search(cfg, space, int(trials_n or 0), float(minutes_n or 0), int(steps_n or 0))
         except ConfigError as e:
             raise gr.Error(" ".join(e.messages)) from None
         except (search.SearchError, jobs.JobError, runs.RunError, DataError) as e:
             raise gr.Error(str(e)) from None
         gr.Info(f"Started search {search_id}: trial 0 is loading the model and the data.")
+        note = search.epochs_note(cfg, space, int(steps_n or 0) > 0) if epochs else ""
+        if note:  # the epoch boxes were ticked but cannot matter: say so rather than ignore them silently
+            gr.Warning(note)
         return gr.update(choices=[search_id], value=search_id), ""
 
     def stop(search_id, request: gr.Request):
