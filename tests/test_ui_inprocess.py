@@ -129,3 +129,16 @@ def test_the_compare_panel_starts_with_its_own_columns_and_a_sentence():
     props = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]}
     assert props["metrics-compare-table"]["value"]["headers"][:3] == ["Run", "Examples", "PPL base"]
     assert "Pick two or more scored runs" in str(props["metrics-compare-plot"]["value"])
+
+
+def test_a_refused_click_is_a_toast_not_a_traceback_in_the_server_log(client, capfd):
+    # Found by using the app: every refusal (busy slot, "Pick a search first.", "nothing to stop") wrote a ~30-line
+    # traceback into app.log, burying the real errors there.
+    from workbench.ui import guard
+
+    assert guard.refusal("x").print_exception is False
+    capfd.readouterr()
+    with pytest.raises(Exception, match="Pick a search first"):
+        client.predict(None, api_name="/search_stop")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Pick a search first" not in err

@@ -95,7 +95,7 @@ def settings_from(system, temperature, top_p, max_new, seed, repetition_penalty=
                                  seed=int(pick(seed, DEFAULTS.seed)),
                                  repetition_penalty=float(pick(repetition_penalty, DEFAULTS.repetition_penalty)))
     except (TypeError, ValueError):
-        raise gr.Error("Temperature, top-p, max new tokens and seed must be numbers.") from None
+        raise guard.refusal("Temperature, top-p, max new tokens and seed must be numbers.") from None
 
 
 def status_line(update: chat.PairUpdate, blind: bool, page_note: str = "") -> str:
@@ -226,7 +226,7 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
     off = gr.update(interactive=False)  # nothing is generating any more: Stop and the votes go off
     yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Failed:** {failure}", gr.skip(), None, "",
            *[off] * len(reviews.CHOICES), off)
-    raise gr.Error(failure)
+    raise guard.refusal(failure)
 
 
 def _stop(request: gr.Request):

@@ -31,7 +31,7 @@ def _autosave(state, request: gr.Request = None):
 def _train_on_this(state, request: gr.Request):
     guard.require(request, "train")
     if state.get("table") is None:
-        raise gr.Error("Load data first (choose a source above and press Load).")
+        raise guard.refusal("Load data first (choose a source above and press Load).")
     meta = save_current(state)
     gr.Info(f"Saved {meta['rows']:,} records: open the Train tab and press Start.")
     return _saved_text(meta)

@@ -87,11 +87,11 @@ def _load(kind, path, upload, state, request: gr.Request = None):
 
 def _apply_mapping(state, *mapping):
     if state["raw"] is None:
-        raise gr.Error("Load a source first.")
+        raise guard.refusal("Load a source first.")
     try:
         table = data.apply_mapping(state["raw"], {f: m for f, m in zip(FIELDS, mapping) if m})
     except data.DataError as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     dropped = table.attrs.get("empty_rows_dropped", 0)
     if dropped:
         gr.Info(f"Skipped {dropped:,} rows with an empty question or answer.")
@@ -163,11 +163,11 @@ def _one_line(text, width=110):
 def _apply_cleaning(state, steps, request: gr.Request):
     guard.require(request, "clean_data")
     if state.get("table") is None:
-        raise gr.Error("Load data first.")
+        raise guard.refusal("Load data first.")
     base = state["table"][["id"] + data.RECORD_COLUMNS]
     cleaned, report = cleaning.apply_steps(base, steps)
     if cleaned.empty:
-        raise gr.Error("These steps would remove every row; untick some of them (Preview shows what each does).")
+        raise guard.refusal("These steps would remove every row; untick some of them (Preview shows what each does).")
     applied = [{k: r[k] for k in ("step", "edited", "dropped")} for r in report]
     state = dict(state, history=state["history"] + [state["table"]], table=browse.annotate(cleaned),
                  steps=list(state.get("steps") or []) + [applied])
@@ -212,7 +212,7 @@ def _export(state, request: gr.Request):
     guard.require(request, "export")
     table = state.get("table")
     if table is None:
-        raise gr.Error("Load data first.")
+        raise guard.refusal("Load data first.")
     out = Path(tempfile.mkdtemp(prefix="wb-export-")) / "cleaned_instructions.jsonl"
     data.write_jsonl(table[data.RECORD_COLUMNS].to_dict("records"), out)
     return str(out)

@@ -26,7 +26,7 @@ def _config_path(name: str):
     name = (name or "space.yaml").strip()
     known = manifests()
     if name not in known:
-        raise gr.Error(f"'{name[:80]}' is not one of the Space manifests in the app folder "
+        raise guard.refusal(f"'{name[:80]}' is not one of the Space manifests in the app folder "
                        f"({', '.join(known) or 'none: add a space.yaml'}); pick one from the list.")
     return safe_join(paths.REPO_ROOT, name)
 
@@ -90,7 +90,7 @@ def _push(run_id: str, repo: str, private: bool, merged: bool, request: gr.Reque
     try:
         runs.validate_run_id(run_id)  # a malformed id is refused outright (never a path)
     except runs.RunError as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     lines: list[str] = []
     try:
         hub_export.push(run_id, repo, merged=bool(merged), private=bool(private), log=lambda m: lines.append(str(m)))

@@ -39,13 +39,19 @@ def username(request: gr.Request | None) -> str | None:
     return getattr(request, "username", None) or oauth_username(request) or None
 
 
+def refusal(message: str) -> gr.Error:
+    """The error a handler raises to refuse a request (busy slot, nothing picked, bad input): shown to the user as a
+    toast; not printed as a traceback into the server log, where it would bury real failures."""
+    return gr.Error(message, print_exception=False)
+
+
 def require(request: gr.Request | None, action: str) -> str | None:
     """Raise gr.Error when the caller may not do `action`; return the caller's name."""
     name = username(request)
     try:
         access.require(action, name)
     except access.AccessDenied as e:
-        raise gr.Error(str(e)) from None
+        raise refusal(str(e)) from None
     return name
 
 

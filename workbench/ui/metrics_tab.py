@@ -317,7 +317,7 @@ def _poll(run_id, query, order, seen):
 def _evaluate(run_id, request: gr.Request, progress=gr.Progress()):
     guard.require(request, "eval")
     if not run_id:
-        raise gr.Error("Pick a run first (the runs list is above).")
+        raise guard.refusal("Pick a run first (the runs list is above).")
     reason = evaluate.refusal(run_id)  # the rule lives in core: `eval --run` obeys it too
     if reason:
         gr.Warning(reason)
@@ -325,7 +325,7 @@ def _evaluate(run_id, request: gr.Request, progress=gr.Progress()):
     try:
         metrics = evaluate.evaluate_run(run_id, progress=lambda f, m: progress(f, desc=m))
     except evaluate.EvalError as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     gr.Info(f"Scored {run_id}: perplexity {metrics['base']['perplexity']:.2f} → {metrics['tuned']['perplexity']:.2f}")
     return run_id
 
@@ -336,12 +336,12 @@ def _score_preference(run_id, request: gr.Request, progress=gr.Progress()):
     from workbench.evaluation import preferences
 
     if not run_id:
-        raise gr.Error("Pick a preference run first (the runs list is above).")
+        raise guard.refusal("Pick a preference run first (the runs list is above).")
     progress(0.1, desc="Scoring the held-out pairs: loading the model with this run's and its parent's adapters…")
     try:
         result = preferences.preference_accuracy(run_id)
     except (preferences.PreferenceError, runs.RunError) as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     acc = result.get("accuracy")
     gr.Info(f"Held-out preference accuracy of {run_id}: "
             + (f"{acc:.0%} of {result['pairs']} pairs." if acc is not None else "no held-out pairs."))
@@ -351,11 +351,11 @@ def _score_preference(run_id, request: gr.Request, progress=gr.Progress()):
 def _export(run_id, fmt, request: gr.Request):
     guard.require(request, "export")
     if not run_id:
-        raise gr.Error("Pick a run with metrics first.")
+        raise guard.refusal("Pick a run with metrics first.")
     try:
         return export_files(run_id, fmt)
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
 
 
 def build(demo: gr.Blocks) -> None:

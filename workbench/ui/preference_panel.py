@@ -91,12 +91,12 @@ def vote_run_choices() -> list[str]:
 def _vote_pairs(run_pick, request: gr.Request = None):
     """Pairs from the blind votes of one run (or all runs). A view: it reads the review store and writes nothing."""
     if guard.role(request) == "none":  # (space.yaml `visitors: none` also gates every view)
-        raise gr.Error("This workbench is private; log in with an allowed account.")
+        raise guard.refusal("This workbench is private; log in with an allowed account.")
     run_id = None if not run_pick or run_pick == ALL_RUNS else str(run_pick)
     try:
         report = _votes_report(run_id)
     except runs.RunError as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     names = guard.may(request, "vote")  # reviewers' names are for reviewers and admins, not for read-only visitors
     source = f"the blind votes on {run_id}" if run_id else "all blind votes"
     state = {"pairs": report["pairs"], "name": f"pairs-{run_id or 'all-runs'}.jsonl"}
@@ -139,7 +139,7 @@ def _export_pairs(state, request: gr.Request):
     guard.require(request, "export")
     pairs = (state or {}).get("pairs")
     if not pairs:
-        raise gr.Error("Show pairs first (press “Show pairs from votes” or load a preference file).")
+        raise guard.refusal("Show pairs first (press “Show pairs from votes” or load a preference file).")
     try:
         name = safety.safe_file_name(str((state or {}).get("name") or "pairs.jsonl"))
     except safety.UnsafeInput:

@@ -132,9 +132,9 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
             space = _space(layers, ranks, rates, epochs)
             search_id = search.start_search(cfg, space, int(trials_n or 0), float(minutes_n or 0), int(steps_n or 0))
         except ConfigError as e:
-            raise gr.Error(" ".join(e.messages)) from None
+            raise guard.refusal(" ".join(e.messages)) from None
         except (search.SearchError, jobs.JobError, runs.RunError, DataError) as e:
-            raise gr.Error(str(e)) from None
+            raise guard.refusal(str(e)) from None
         gr.Info(f"Started search {search_id}: trial 0 is loading the model and the data.")
         note = search.epochs_note(cfg, space, int(steps_n or 0) > 0) if epochs else ""
         if note:  # the epoch boxes were ticked but cannot matter: say so rather than ignore them silently
@@ -144,21 +144,21 @@ def build(demo: gr.Blocks, config_inputs: list | None = None) -> None:
     def stop(search_id, request: gr.Request):
         guard.require(request, "stop")
         if not search_id:
-            raise gr.Error("Pick a search first.")
+            raise guard.refusal("Pick a search first.")
         try:
             search.stop_search(search_id)
         except search.SearchError as e:
-            raise gr.Error(str(e)) from None
+            raise guard.refusal(str(e)) from None
         gr.Info("Stop requested: the current trial saves a checkpoint and the search ends.")
 
     def use(search_id, trial, request: gr.Request):
         guard.require(request, "train")
         if not search_id:
-            raise gr.Error("Pick a search first.")
+            raise guard.refusal("Pick a search first.")
         try:
             run_id = search.use_recipe(search_id, int(trial) if trial not in (None, "") else None)
         except (search.SearchError, jobs.JobError, runs.RunError, DataError) as e:
-            raise gr.Error(str(e)) from None
+            raise guard.refusal(str(e)) from None
         return (f"Started run **{run_id}** with trial {trial if trial not in (None, '') else 'best'}'s settings; it "
                 f"is scored when it ends. Its progress is below, and the Run list above picks it within a few seconds."), run_id
 

@@ -188,9 +188,9 @@ def _start(request: gr.Request, parent, pairs_choice, model, preset_name, data_c
         _free_chat_memory()
         run_id = jobs.start_run(cfg)
     except ConfigError as e:
-        raise gr.Error(" ".join(e.messages)) from None
+        raise guard.refusal(" ".join(e.messages)) from None
     except (jobs.JobError, runs.RunError, DataError) as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     what = "preference run" if cfg.kind == "preference" else "run"
     gr.Info(f"Started {what} {run_id}: loading the model and the data first (about half a minute on a CPU).")
     return _history(run_id)
@@ -206,30 +206,30 @@ def _free_chat_memory() -> None:
 def _stop(run_id, request: gr.Request):
     guard.require(request, "stop")
     if not run_id:
-        raise gr.Error("Pick a run first.")
+        raise guard.refusal("Pick a run first.")
     try:
         jobs.stop_run(run_id)
     except (jobs.JobError, runs.RunError) as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     gr.Info("Stop requested: the run saves a checkpoint and ends as 'stopped'.")
 
 
 def _resume(run_id, request: gr.Request):
     guard.require(request, "resume")
     if not run_id:
-        raise gr.Error("Pick a run first.")
+        raise guard.refusal("Pick a run first.")
     try:
         _free_chat_memory()
         jobs.resume_run(run_id)
     except (jobs.JobError, runs.RunError) as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     gr.Info(f"Resumed {run_id}.")
 
 
 def _delete(run_id, confirm, request: gr.Request):
     guard.require(request, "delete")
     if not run_id:
-        raise gr.Error("Pick a run first.")
+        raise guard.refusal("Pick a run first.")
     if not confirm:  # a warning, not an error badge over the form
         gr.Warning(f"Tick “Yes, delete the selected run” first: deleting {run_id} removes its folder (checkpoints, "
                    f"adapter, metrics) for good.")
@@ -237,7 +237,7 @@ def _delete(run_id, confirm, request: gr.Request):
     try:
         runs.delete_run(run_id)
     except runs.RunError as e:
-        raise gr.Error(str(e)) from None
+        raise guard.refusal(str(e)) from None
     gr.Info(f"Deleted run {run_id}.")
     return (*_history(None), False)
 
