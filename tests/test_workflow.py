@@ -336,6 +336,16 @@ def test_cpu_estimate_is_a_range_and_eta_comes_from_the_measured_pace():
     measured = estimate.measured_on_this_machine(preset("quick-demo-cpu"))
     assert measured == (pytest.approx(9.0), "20250101-000001-measured")
     assert "took 9.0 s per step" in estimate.describe(preset("quick-demo-cpu"), None, None, 30, measured)
+    # Found by using the app: a newer run with a bigger adapter (r64 on every layer: ~2x the step on a CPU) set the
+    # estimate for an r16 run. A run with the same adapter is preferred.
+    fake_run("20250101-000002-big-adapter", events=[dict(e, elapsed=e["elapsed"] * 2) for e in events])
+    big = runs.load_run_config("20250101-000002-big-adapter")
+    big.lora.r, big.lora.target_modules = 64, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    big.save(runs.folder("20250101-000002-big-adapter").path / "config.yaml")
+    assert estimate.measured_on_this_machine(preset("quick-demo-cpu")) == (pytest.approx(9.0), "20250101-000001-measured")
+    wide = preset("quick-demo-cpu")
+    wide.lora.r, wide.lora.target_modules = big.lora.r, big.lora.target_modules
+    assert estimate.measured_on_this_machine(wide) == (pytest.approx(18.0), "20250101-000002-big-adapter")
 
 
 def test_progress_says_loading_before_the_first_step_and_buttons_follow_the_state():

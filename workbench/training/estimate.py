@@ -83,9 +83,12 @@ def planned_steps(cfg: RunConfig, rows: int | None) -> int | None:
 
 
 def measured_on_this_machine(cfg: RunConfig) -> tuple[float, str] | None:
-    """(seconds per step scaled to `cfg`, run id) from the newest earlier CPU run of the same model, or None."""
+    """(seconds per step scaled to `cfg`, run id) from the newest earlier CPU run of the same model, or None. A run
+    with the same adapter (rank and layers) is preferred: on a CPU the adapter's many small operations make an r64
+    all-layer step about twice an r16 q/k/v/o one, which the tokens-and-model scaling does not see."""
     from workbench import runs
 
+    measured = []
     for r in runs.list_runs()[:10]:
         try:
             other = runs.load_run_config(r["id"])
@@ -95,8 +98,12 @@ def measured_on_this_machine(cfg: RunConfig) -> tuple[float, str] | None:
             continue
         per_step = measured_seconds_per_step(runs.read_events(r["id"]))
         if per_step:
-            return per_step * _work(cfg) / _work(other), r["id"]
-    return None
+            same_adapter = (other.lora.r, list(other.lora.target_modules)) == (cfg.lora.r, list(cfg.lora.target_modules))
+            measured.append((not same_adapter, per_step * _work(cfg) / _work(other), r["id"]))
+    if not measured:
+        return None
+    _, per_step, run_id = min(measured, key=lambda m: m[0])  # the newest with the same adapter, else the newest
+    return per_step, run_id
 
 
 def _minutes(seconds: float) -> str:
