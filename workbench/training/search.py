@@ -31,19 +31,13 @@ from workbench import paths, runs
 from workbench.config import RunConfig
 from workbench.training import jobs
 from workbench.training.search_space import (  # noqa: F401 (the search's public names)
-    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, TARGETS, SearchError, apply, epochs_note, neighbours,
-    normalize_space,
-    recipe_params, size, target_name, trained_count, trial_rows, NEIGHBOUR_ORDER)
+    ALL_LINEAR, ATTENTION, COLUMNS, DEFAULT_SPACE, KINDS, NEIGHBOUR_ORDER, TARGETS, SearchError, apply, epochs_note,
+    neighbours, neighbours_tried, normalize_space, recipe_params, short_trial, size, target_name, trained_count,
+    trial_rows)
 
 ACTIVE = ("queued", "running", "stopping")
 FINISHED_TRIALS = ("completed", "pruned", "failed", "stopped", "repeat")
 REPEATS_BEFORE_STOP = 5  # proposals in a row that repeat earlier settings: the search has converged and ends
-
-
-def neighbours_tried(trials: int) -> int:
-    """Neighbours of the starting recipe tried before the sampler: half of a trial budget (the rest is the
-    sampler's), all of them with a budget in minutes only."""
-    return max(1, trials // 2) if trials else len(NEIGHBOUR_ORDER)
 
 
 # -- where searches live ---------------------------------------------------------------------------
@@ -378,20 +372,6 @@ class _Trials:
         with runs.slot_lock():
             if jobs.active_run() is None:
                 jobs._claim(run_id, os.getpid())
-
-
-def short_trial(cfg: RunConfig, steps: int) -> RunConfig:
-    """A trial capped at `steps` optimizer steps (its learning-rate schedule fitted to them), evaluated every quarter
-    so the pruner can stop a bad recipe after a quarter of its budget; checkpoints only at the end. 0 = unchanged."""
-    if not steps:
-        return cfg
-    t = cfg.training
-    steps = min(steps, t.max_steps) if t.max_steps else steps
-    every = max(1, steps // 4)
-    t.max_steps = every * max(1, round(steps / every))  # the last evaluation falls on the last step
-    t.eval_steps = every
-    t.save_strategy, t.save_steps = "steps", t.max_steps
-    return cfg
 
 
 class _TrialFailed(RuntimeError):

@@ -99,6 +99,26 @@ def epochs_note(base: RunConfig, space: dict | None, short_trials: bool) -> str:
     return ""
 
 
+def neighbours_tried(trials: int) -> int:
+    """Neighbours of the starting recipe tried before the sampler: half of a trial budget (the rest is the
+    sampler's), all of them with a budget in minutes only."""
+    return max(1, trials // 2) if trials else len(NEIGHBOUR_ORDER)
+
+
+def short_trial(cfg: RunConfig, steps: int) -> RunConfig:
+    """A trial capped at `steps` optimizer steps (its learning-rate schedule fitted to them), evaluated every quarter
+    so the pruner can stop a bad recipe after a quarter of its budget; checkpoints only at the end. 0 = unchanged."""
+    if not steps:
+        return cfg
+    t = cfg.training
+    steps = min(steps, t.max_steps) if t.max_steps else steps
+    every = max(1, steps // 4)
+    t.max_steps = every * max(1, round(steps / every))  # the last evaluation falls on the last step
+    t.eval_steps = every
+    t.save_strategy, t.save_steps = "steps", t.max_steps
+    return cfg
+
+
 def size(space: dict) -> int:
     return math.prod(len(v) for v in space.values())
 
