@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -46,6 +47,21 @@ def test_data_tab_dbdemos_search_filter_clean_preview_leakage(app_server, page, 
     matching = int(re.search(r"of ([\d,]+) matching", summary.inner_text()).group(1).replace(",", ""))
     assert 0 < matching < 4769
     assert "unity catalog" in page.locator("#data-table").inner_text().lower()
+    # Found by using the app: a typed page number did nothing, and Load (or Apply mapping) ignored the search still
+    # in the box, showing every row under it.
+    pages = int(re.search(r"page 1 of (\d+)", summary.inner_text()).group(1))
+    assert pages > 1
+    page_box = page.locator("#data-page input")
+    page_box.fill("2")
+    page_box.press("Enter")
+    summary.get_by_text(re.compile(r"page 2 of")).wait_for()
+    page_box.fill("-3")
+    page_box.press("Enter")
+    summary.get_by_text(re.compile(r"page 1 of")).wait_for()
+    expect(page_box).to_have_value("1")  # clamped, and the box says so
+    page.get_by_role("button", name="Load", exact=True).click()  # the same folder again, the search still set
+    page.get_by_text(re.compile(r"Loaded \*?\*?4,769 rows")).first.wait_for(timeout=60_000)
+    summary.get_by_text(re.compile(rf"of {matching:,} matching · page 1 of")).wait_for(timeout=60_000)
 
     page.locator("#data-view input").click()
     page.get_by_role("option", name="duplicates").click()

@@ -42,13 +42,33 @@ def test_a_file_whose_columns_cannot_be_guessed_says_so_and_which_table_is_shown
     wrong.parent.mkdir(parents=True, exist_ok=True)
     wrong.write_text("foo,bar\n1,2\n")
     msg, *mapping = client.predict("file path", str(wrong), None, api_name="/_load")
-    assert "Loaded **1 row** from wrong.csv with columns: foo, bar" in msg
+    assert "Loaded <b>1 row</b> from wrong.csv with columns: foo, bar" in msg  # not literal ** in an HTML block
     assert "No column looks like the question or the answer" in msg and "press Apply mapping" in msg
     assert "Until then the table shows the shipped sample" in msg and "guessed" not in msg
     assert [m["value"] for m in mapping][:2] == ["", ""]
     # Picking the columns by hand then applies them.
     summary, table, *_ = client.predict("foo", "bar", "", "", api_name="/apply_map")
     assert "**1 rows**" in summary or "**1 row**" in summary
+
+
+def test_until_the_mapping_applies_the_table_shown_keeps_its_own_source_name(tmp_path):
+    # Found by using the app: loading a file whose columns could not be guessed recorded ITS name as the source of the
+    # table still shown (the sample), so the saved training dataset and the Train tab's "Trains on" line said
+    # "78 records from odd.csv" while they were the sample's rows.
+    from workbench import paths
+    from workbench.ui import data_tab
+
+    state = data_tab._load("sample (shipped)", "", None, data_tab._empty_state())[0]
+    state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
+    shown = state["source"]
+    assert shown and len(state["table"]) > 10
+    odd = paths.data_dir() / "odd.csv"
+    odd.parent.mkdir(parents=True, exist_ok=True)
+    odd.write_text("foo,bar\n1,2\n")
+    state = data_tab._load("file path", str(odd), None, state)[0]
+    assert state["source"] == shown and len(state["table"]) > 10  # the shown table and its name, unchanged
+    state = data_tab._apply_mapping(state, "foo", "bar", "", "")[0]
+    assert state["source"] == "odd.csv" and len(state["table"]) == 1  # the new name comes with the new table
 
 
 def test_a_visitor_without_a_policy_is_an_admin_and_a_bad_path_gets_a_plain_error(client):
@@ -142,3 +162,13 @@ def test_a_refused_click_is_a_toast_not_a_traceback_in_the_server_log(client, ca
         client.predict(None, api_name="/search_stop")
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Pick a search first" not in err
+
+
+def test_a_view_with_no_match_says_0_of_0_not_a_negative_range():
+    # Found by using the app: "duplicates" on the sample read "showing 0–-1 of 0 matching".
+    from workbench.ui import data_tab
+
+    state = data_tab._load("sample (shipped)", "", None, data_tab._empty_state())[0]
+    state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
+    summary = data_tab._refresh(state, "zzzz-matches-nothing", 0, 0, "all rows")[0]
+    assert "showing 0 of 0 matching" in summary and "–-" not in summary

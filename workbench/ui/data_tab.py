@@ -69,14 +69,16 @@ def _load(kind, path, upload, state, request: gr.Request = None):
     guess = data.guess_mapping(raw.columns)
     before = state.get("source") if state.get("table") is not None else ""
     missing = [label for field, label in (("instruction", "question"), ("output", "answer")) if not guess.get(field)]
-    # The old table stays until the mapping applies; a guess that lacks the question or answer is not applied.
-    state = dict(state, raw=raw, source=name, pending=not missing)
+    # The old table (and its source name, which the saved dataset records) stays until the mapping applies; a guess
+    # that lacks the question or answer is not applied.
+    state = dict(state, raw=raw, raw_source=name, pending=not missing, **({} if missing else {"source": name}))
     cols = [str(c) for c in raw.columns]
     enc = (" It is not UTF-8: decoded as Windows-1252 (latin-1); check accented characters, or save it as "
            "UTF-8." if raw.attrs.get("encoding") == "cp1252" else "")
-    rows = f"**{len(raw):,} row{'' if len(raw) == 1 else 's'}**"
-    if missing:
-        msg = (f"<div class='wb-warn'>Loaded {rows} from {name} with columns: {', '.join(cols)}. No column looks "
+    count = f"{len(raw):,} row{'' if len(raw) == 1 else 's'}"
+    rows = f"**{count}**"
+    if missing:  # inside an HTML block Markdown is not rendered: bold as HTML
+        msg = (f"<div class='wb-warn'>Loaded <b>{count}</b> from {html.escape(name)} with columns: {', '.join(cols)}. No column looks "
                f"like the {' or the '.join(missing)}: pick them under 'instruction ←' and 'output ←' below, then "
                f"press Apply mapping.{f' Until then the table shows {before}.' if before else ''}{enc}</div>")
     else:
@@ -96,7 +98,8 @@ def _apply_mapping(state, *mapping):
     if dropped:
         gr.Info(f"Skipped {dropped:,} rows with an empty question or answer.")
     applied = {f: m for f, m in zip(FIELDS, mapping) if m}
-    state = dict(state, table=browse.annotate(table), history=[], pending=False, steps=[], mapping=applied)
+    state = dict(state, table=browse.annotate(table), history=[], pending=False, steps=[], mapping=applied,
+                 source=state.get("raw_source") or state.get("source", ""))
     return state, *_refresh(state, "", 0, 0, "all rows")
 
 
@@ -118,10 +121,11 @@ def _refresh(state, query, min_chars, max_chars, view, page=1):
     stats = browse.char_stats(table)
     splits = table["split"].value_counts().to_dict()
     first = (page - 1) * PAGE_ROWS + 1 if len(shown) else 0
+    span = f"{first:,}–{first + len(part) - 1:,}" if len(part) else "0"  # "0 of 0 matching", never "0–-1"
     summary = (f"**{stats['rows']:,} rows** ({splits.get('train', 0):,} train / {splits.get('eval', 0):,} eval) · "
                f"answers median {stats['answer_chars'].get('median', 0):,} chars (p95 "
                f"{stats['answer_chars'].get('p95', 0):,}) · {stats['duplicate_rows']:,} rows in duplicate groups · "
-               f"{int(table['flagged'].sum()):,} flagged by cleaning · showing {first:,}–{first + len(part) - 1:,} "
+               f"{int(table['flagged'].sum()):,} flagged by cleaning · showing {span} "
                f"of {len(shown):,} matching · page {page} of {pages}")
     cols = ["id", "split", "instruction", "output", "a_chars", "duplicate", "flagged"]
     view_rows = part[cols].copy()
@@ -280,7 +284,7 @@ def build(demo: gr.Blocks) -> None:
                          column_widths=["6%", "6%", "36%", "36%", "6%", "5%", "5%"])
     with gr.Row():
         prev_page = gr.Button("◀ Previous page", size="sm", elem_id="data-prev")
-        page = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="data-page", scale=0, min_width=90)
+        page = gr.Number(1, label="Page", precision=0, elem_id="data-page", scale=0, min_width=90)
         next_page = gr.Button("Next page ▶", size="sm", elem_id="data-next")
     row_full = gr.Markdown("*Click a row to read its full question and answer.*", elem_id="data-row-full")
     lengths = gr.Plot(label="Lengths")
@@ -349,16 +353,20 @@ def build(demo: gr.Blocks) -> None:
         return go
 
     load_inputs, load_outputs = [kind, path, upload, state], [state, load_msg, *mapping]
+    # after Load or Apply mapping the search and filters still shown apply to the new table (first page)
     load_btn.click(_load, load_inputs, load_outputs).then(
         auto_map, [state, *mapping], [state, *browse_outputs], **private).then(
+        first_page, browse_inputs, browse_outputs, **private).then(
         _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     upload.upload(lambda: gr.update(value="upload"), None, kind)
     map_btn.click(apply_map, [state, *mapping], [state, *browse_outputs]).then(
+        first_page, browse_inputs, browse_outputs, **private).then(
         _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     for comp in (query, min_chars, max_chars, view):
         comp.change(first_page, browse_inputs, browse_outputs, **private)
     prev_page.click(step_page(-1), browse_inputs, browse_outputs, **private)
     next_page.click(step_page(+1), browse_inputs, browse_outputs, **private)
+    page.submit(refresh, browse_inputs, browse_outputs, **private)  # a typed page number (clamped to the pages)
     table.select(_select_row, state, [row_full, row_pick], **private)
     prev_btn.click(_preview_cleaning, [state, steps], clean_md)
     apply_btn.click(_apply_cleaning, [state, steps], [state, clean_md]).then(
