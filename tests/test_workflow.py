@@ -261,9 +261,16 @@ def test_blind_review_round_flips_fairly_votes_once_and_reveals():
 
 
 def test_chat_vote_refusal_is_a_plain_message_and_buttons_turn_off():
+    import gradio as gr
+
     from workbench.ui import chat_tab
 
     pending = reviews.pending_vote("Q?", ("run-y", "base"), "run-y", ("a", "b"))
+    # Found by using the app: a vote refused for a missing reviewer name turned the buttons off, so after typing the
+    # name that answer pair could no longer be voted on. A refusal the reviewer can fix leaves them as they are.
+    nameless = chat_tab._vote("tie", pending, "", "", None)
+    assert "type your name" in nameless[1] and all(b == gr.skip() for b in nameless[6:])
+    assert reviews.votes("run-y") == []
     out = chat_tab._vote("tie", pending, "bea", "", None)
     assert out[0]["voted"] and "Revealed" in out[1]
     assert all(b["interactive"] is False for b in out[6:])

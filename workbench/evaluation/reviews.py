@@ -49,7 +49,12 @@ SCHEMA_VERSION = 1  # PRAGMA user_version; 1 = the one-vote-per-question index i
 
 
 class ReviewError(ValueError):
-    """A vote or query was refused; the message says what to fix."""
+    """A vote or query was refused; the message says what to fix. `fixable`: the same vote can be cast once the
+    reviewer fixes the input (a name, a shorter comment); otherwise this pair takes no vote (already voted...)."""
+
+    def __init__(self, message: str, fixable: bool = False):
+        super().__init__(message)
+        self.fixable = fixable
 
 
 def db_path() -> Path:
@@ -126,9 +131,10 @@ def _clean(value, name: str, limit: int, required: bool = True) -> str:
     text = str(value or "").strip()
     if required and not text:
         raise ReviewError(f"The vote has no {name}; " + ("type your name in the Reviewer box." if name == "reviewer"
-                                                          else "ask a question and wait for both answers first."))
+                                                          else "ask a question and wait for both answers first."),
+                          fixable=name in ("reviewer", "comment"))
     if len(text) > limit:
-        raise ReviewError(f"The {name} is {len(text)} characters long; keep it under {limit}.")
+        raise ReviewError(f"The {name} is {len(text)} characters long; keep it under {limit}.", fixable=True)
     return text
 
 

@@ -245,9 +245,10 @@ def _vote(choice: str, pending, reviewer, comment, request):
     try:
         voted = reviews.cast_vote(pending, name or reviewer, choice, comment,
                                   base_model=_base_model(pending) if pending else "")
-    except reviews.ReviewError as e:  # a plain message where the reveal goes, not an error badge
+    except reviews.ReviewError as e:  # a plain message where the reveal goes, not an error badge; the buttons stay
+        keep = e.fixable or not pending  # on when the reviewer can fix it (a name, a shorter comment) and vote again
         return (gr.skip(), f"<div class='wb-warn' id='chat-vote-refused'>{e}</div>", gr.skip(), gr.skip(), gr.skip(),
-                gr.skip(), *(off if pending else [gr.skip()] * len(reviews.CHOICES)))
+                gr.skip(), *([gr.skip()] * len(reviews.CHOICES) if keep else off))
     left, right = chat.side_label(voted["left_side"]), chat.side_label(voted["right_side"])
     return (voted, reviews.reveal(voted, chat.side_label), tally_text(voted["run_id"], voted["other"]), "",
             f"### Left — {left}", f"### Right — {right}", *off)
