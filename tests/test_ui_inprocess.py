@@ -172,3 +172,18 @@ def test_a_view_with_no_match_says_0_of_0_not_a_negative_range():
     state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
     summary = data_tab._refresh(state, "zzzz-matches-nothing", 0, 0, "all rows")[0]
     assert "showing 0 of 0 matching" in summary and "–-" not in summary
+
+
+def test_a_chat_refused_for_its_input_is_a_notice_not_error_badges(client):
+    # Found by using the app: Send with an empty question (or max new tokens 0) put "Error" badges on both answer
+    # columns and the status, as if the app had failed; the reason is the user's to fix.
+    from workbench import paths
+    from workbench.config import RunConfig
+
+    run = paths.runs_dir() / "20250101-000000-some-run"
+    run.mkdir(parents=True)
+    RunConfig().save(run / "config.yaml")
+    (run / "status.json").write_text('{"state": "completed"}')
+    for question, max_new, says in (("", 16, "Type a question first"), ("What is Delta Lake?", 0, "out of range")):
+        out = client.predict(question, [], [], run.name, "base", False, "", 0.0, 1.0, max_new, 0, 1.0, api_name="/chat")
+        assert says in out[4], out[4]  # said in the status line; no exception, so no Error badge

@@ -254,6 +254,16 @@ def check_gpu_policy(model_cfg: ModelConfig, device: str, settings: ChatSettings
     return note
 
 
+def input_problem(question: str, settings: ChatSettings) -> str:
+    """What is wrong with a request's own input (the question, the settings), for the user to fix; '' when nothing."""
+    question = str(question or "").strip()
+    if not question:
+        return "Type a question first."
+    if len(question) > MAX_QUESTION_CHARS:
+        return f"The question is {len(question)} characters long; keep it under {MAX_QUESTION_CHARS}."
+    return " ".join(settings.validate())
+
+
 def chat_pair(left: str, right: str, question: str, histories=(None, None), settings: ChatSettings | None = None,
               stop_event: threading.Event | None = None, device: str = "auto") -> Iterator[PairUpdate]:
     """Stream the answers of two sides ("base" or a run id) to `question`, each with its own history.
@@ -263,13 +273,9 @@ def chat_pair(left: str, right: str, question: str, histories=(None, None), sett
     """
     settings = settings or ChatSettings()
     question = str(question or "").strip()
-    if not question:
-        raise ChatError("Type a question first.")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise ChatError(f"The question is {len(question)} characters long; keep it under {MAX_QUESTION_CHARS}.")
-    problems = settings.validate()
-    if problems:
-        raise ChatError(" ".join(problems))
+    problem = input_problem(question, settings)
+    if problem:
+        raise ChatError(problem)
     left, right = _side(left), _side(right)
     model_cfg, adapters, run_cfg = resolve_sides(left, right)
     try:

@@ -190,6 +190,11 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
         yield (*[gr.skip()] * 4, f"**{NO_RUN}**", *[gr.skip()] * (4 + len(reviews.CHOICES)))
         return
     settings = settings_from(system, temperature, top_p, max_new, seed, repeat)
+    problem = chat.input_problem(question, settings)
+    if problem:  # the user's to fix (an empty question, a setting out of range): a notice, no "Error" badge
+        gr.Warning(problem)
+        yield (*[gr.skip()] * 4, f"**{problem}**", *[gr.skip()] * (4 + len(reviews.CHOICES)))
+        return
     sides = (other or chat.BASE, run_id)
     if blind:  # hide which side is which: a fresh coin flip per question, and no history to give it away
         sides = reviews.blind_sides(run_id, other or chat.BASE)
