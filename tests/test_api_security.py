@@ -40,6 +40,9 @@ READ_ONLY_VIEWS = {
     # _runs_tick (reviewed): the Train tab's run list follows the runs folder (a directory listing and the slot file,
     # run ids validated by runs.folder); it takes no path from the request and writes nothing.
     "_runs_tick",
+    # _dataset_from_form (reviewed): the "Trains on" line with the form's data settings; it reads the saved dataset's
+    # manifest (a server-chosen path) and echoes the form's own data.source as escaped text, never opening it.
+    "_dataset_from_form",
     # issue 18 (reviewed): the recipe panel's line for the run "Use this recipe" started reads that run's status.json
     # (the id comes from the session's own state and is validated as a run id); it writes nothing.
     "_full_run_view",

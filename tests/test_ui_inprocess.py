@@ -187,3 +187,21 @@ def test_a_chat_refused_for_its_input_is_a_notice_not_error_badges(client):
     for question, max_new, says in (("", 16, "Type a question first"), ("What is Delta Lake?", 0, "out of range")):
         out = client.predict(question, [], [], run.name, "base", False, "", 0.0, 1.0, max_new, 0, 1.0, api_name="/chat")
         assert says in out[4], out[4]  # said in the status line; no exception, so no Error badge
+
+
+def test_a_table_too_small_to_split_is_said_in_the_data_tab_before_start_refuses_it():
+    # Found by using the app: a 4-row table (split 4/0 by its hashes) read "4 rows (4 train / 0 eval)" and "This is the training dataset"
+    # with no warning; only Start then refused it ("The split left 4 training and 0 evaluation rows").
+    from workbench import paths
+    from workbench.ui import data_tab
+
+    small = paths.data_dir() / "small.csv"
+    small.parent.mkdir(parents=True, exist_ok=True)
+    small.write_text("question,answer\nWhat is a table?,A set of rows.\n")  # one row: one side of the split is empty
+    state = data_tab._load("file path", str(small), None, data_tab._empty_state())[0]
+    state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
+    summary = data_tab._refresh(state, "", 0, 0, "all rows")[0]
+    assert "Too few rows to split" in summary and "Start will refuse" in summary
+    state = data_tab._load("sample (shipped)", "", None, data_tab._empty_state())[0]
+    state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
+    assert "Too few rows" not in data_tab._refresh(state, "", 0, 0, "all rows")[0]

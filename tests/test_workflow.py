@@ -132,6 +132,21 @@ def test_the_train_tab_run_list_follows_runs_started_elsewhere_and_picks_the_one
     runs.slot_file().unlink()
 
 
+def test_the_trains_on_line_follows_the_form_s_data_settings():
+    """Found by using the app: with "Share held out for evaluation" set to 0.5 in the form, the line beside Start still
+    said "10% held out" (the preset's), while the run then trained on the form's split."""
+    from workbench.ui import train_tab
+
+    workspace.save(sample_table(), "the shipped sample")
+    values = train_tab._form_values(preset("quick-demo-cpu"))
+    names = [n for n, _ in train_tab.FORM_FIELDS]
+    values[names.index("data.eval_fraction")] = 0.5
+    text = train_tab._dataset_from_form(train_tab.DATA_TAB, "quick-demo-cpu", "", *values)
+    assert "50% held out" in text and "10% held out" not in text
+    values[names.index("data.eval_fraction")] = "not a number"  # a form that does not parse: the preset's split
+    assert "10% held out" in train_tab._dataset_from_form(train_tab.DATA_TAB, "quick-demo-cpu", "", *values)
+
+
 def test_data_tab_saves_for_admins_only_and_reopens_the_saved_dataset():
     from workbench.ui import data_tab
 

@@ -127,6 +127,10 @@ def _refresh(state, query, min_chars, max_chars, view, page=1):
                f"{stats['answer_chars'].get('p95', 0):,}) · {stats['duplicate_rows']:,} rows in duplicate groups · "
                f"{int(table['flagged'].sum()):,} flagged by cleaning · showing {span} "
                f"of {len(shown):,} matching · page {page} of {pages}")
+    if not splits.get("train") or not splits.get("eval"):  # Start would refuse it (prepare_dataset): say so here
+        summary += (f"\n\n⚠️ **Too few rows to split**: a run needs at least one training row and one held-out row "
+                    f"(this table gives {splits.get('train', 0):,} and {splits.get('eval', 0):,}); Start will refuse "
+                    f"it. Load more rows, or raise the held-out share in the Train tab's data settings.")
     cols = ["id", "split", "instruction", "output", "a_chars", "duplicate", "flagged"]
     view_rows = part[cols].copy()
     for col in ("instruction", "output"):

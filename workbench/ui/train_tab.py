@@ -128,11 +128,12 @@ def training_config(model, preset_name, data_choice, values) -> RunConfig:
     return cfg
 
 
-def dataset_text(data_choice, preset_name="quick-demo-cpu") -> str:
-    """What Start will train on, shown beside it: the record count and the cleaning summary."""
+def dataset_text(data_choice, preset_name="quick-demo-cpu", data_cfg=None) -> str:
+    """What Start will train on, shown beside it: the record count, the cleaning summary and the split (the form's
+    data settings when given, else the preset's)."""
     meta = workspace.manifest()
     try:
-        data_cfg = preset(preset_name).data if preset_name else None
+        data_cfg = data_cfg or (preset(preset_name).data if preset_name else None)
         kind = preset(preset_name).kind if preset_name else "sft"
     except ConfigError:
         data_cfg, kind = None, "sft"
@@ -153,6 +154,16 @@ def dataset_text(data_choice, preset_name="quick-demo-cpu") -> str:
     saved = f" The Data tab's dataset ({meta['rows']:,} records) is not used." if meta else ""
     return (f"<div id='train-dataset'><b>Trains on:</b> data.source “{html.escape(source)}” as set below, with its "
             f"cleaning steps applied when the run starts.{saved}</div>")
+
+
+def _dataset_from_form(data_choice, preset_name, model, *values) -> str:
+    """The "Trains on" line as the form now stands: a held-out share or caps edited below show at once (Start
+    trains with them). A form that does not parse yet falls back to the preset's data settings."""
+    try:
+        data_cfg = config_from_form(model, preset_name, values).data
+    except ConfigError:
+        data_cfg = None
+    return dataset_text(data_choice, preset_name, data_cfg)
 
 
 def _estimate_text(parent, pairs_choice, model, preset_name, data_choice, *values):
@@ -415,22 +426,24 @@ def build(demo: gr.Blocks) -> None:
     def load_preset(name):
         return _form_values(preset(name))
 
-    def data_tick(choice, preset_name, seen):
+    def data_tick(choice, preset_name, seen, model_name, *values):
         """When the Data tab saved another dataset (a stat call per tick): train on it, and say so beside Start."""
         key = workspace.change_key()
         if key == seen:
             return gr.skip(), gr.skip(), gr.skip()
         if key != "-":
             choice = DATA_TAB
-        return key, choice, dataset_text(choice, preset_name)
+        return key, choice, _dataset_from_form(choice, preset_name, model_name, *values)
 
     estimate_in = [model, preset_pick, data_choice, *form]
     cli_in = [pref_parent, pref_source, *estimate_in]
     preset_pick.change(load_preset, preset_pick, form, **private)
     for comp in (model, preset_pick, data_choice, *form, pref_parent, pref_source):
         comp.change(_estimate_text, cli_in, [estimate_md, new_cli], **private)
-    for comp in (preset_pick, data_choice):
-        comp.change(dataset_text, [data_choice, preset_pick], data_md, **private)
+    data_form_in = [data_choice, preset_pick, model, *form]
+    data_fields = [w for (name, _), w in zip(FORM_FIELDS, form) if name.startswith("data.")]
+    for comp in (preset_pick, data_choice, *data_fields):
+        comp.change(_dataset_from_form, data_form_in, data_md, **private)
     pref_io = ([preset_pick, pref_parent, pref_source], [kind_pick, pref_group, pref_parent, pref_preview])
     kind_pick.input(_pick_kind, kind_pick, preset_pick, **private)
     preset_pick.change(_preference_view, *pref_io, **private)
@@ -446,7 +459,8 @@ def build(demo: gr.Blocks) -> None:
     resume_btn.click(_resume, run_pick, None).then(lambda: "", None, last_seen, **private)
     view_io = ([run_pick, compare, last_seen], [last_seen, progress, plot, log, cli, history, stop_btn, resume_btn])
     timer.tick(_view, *view_io, **private)
-    timer.tick(data_tick, [data_choice, preset_pick, data_seen], [data_seen, data_choice, data_md], **private)
+    timer.tick(data_tick, [data_choice, preset_pick, data_seen, model, *form], [data_seen, data_choice, data_md],
+               **private)
     timer.tick(_runs_tick, [run_pick, runs_seen], [runs_seen, run_pick, history, compare], **private)
     run_pick.change(_view, *view_io, **private).then(_compare_choices, [run_pick, compare], compare, **private)
     compare.change(_view, *view_io, **private)
@@ -457,5 +471,5 @@ def build(demo: gr.Blocks) -> None:
 
     demo.load(on_load, None, [run_pick, history, compare], **private).then(
         _estimate_text, cli_in, [estimate_md, new_cli], **private).then(
-        dataset_text, [data_choice, preset_pick], data_md, **private).then(_preference_view, *pref_io, **private)
+        _dataset_from_form, data_form_in, data_md, **private).then(_preference_view, *pref_io, **private)
     search_panel.build(demo, estimate_in)  # "Find a recipe": a search starts from these same settings
