@@ -403,7 +403,7 @@ def build(demo: gr.Blocks) -> None:
     private = {"api_visibility": "private"}
     run_pick.change(_render, [run_pick, search, order], view_out, **private).then(
         evaluate_button, run_pick, [eval_btn, eval_reason], **private)
-    search.submit(_examples, [run_pick, search, order], examples, **private)
+    search.change(_examples, [run_pick, search, order], examples, **private)  # filters as you type, as the Data tab does
     order.change(_examples, [run_pick, search, order], examples, **private)
     compare.change(lambda ids: (compare_warning(ids), compare_table(ids), compare_chart(ids)), compare,
                    [compare_note, compare_df, compare_plot], **private)
