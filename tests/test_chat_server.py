@@ -131,12 +131,14 @@ def test_blind_vote_records_the_hidden_mapping_and_reveals_it(client, chat_serve
 
 
 def test_bad_input_gives_clear_errors(client, chat_server, plain_base_answer):
-    with pytest.raises(Exception, match="Type a question"):
-        client.predict("  ", [], [], RUN_A, "base", False, "", 0, 0.9, 8, 42, 1.0, api_name="/chat")
+    # the user's own input (an empty question, a setting out of range): a notice in the status line, no exception
+    # (an exception marks every output of the event "Error"); a bad run id is still refused outright
+    assert "Type a question" in client.predict("  ", [], [], RUN_A, "base", False, "", 0, 0.9, 8, 42, 1.0,
+                                               api_name="/chat")[4]
     with pytest.raises(Exception, match="not a valid run id"):
         client.predict("hi", [], [], "../etc", "base", False, "", 0, 0.9, 8, 42, 1.0, api_name="/chat")
-    with pytest.raises(Exception, match="Max new tokens"):
-        client.predict("hi", [], [], RUN_A, "base", False, "", 0, 0.9, 0, 42, 1.0, api_name="/chat")
+    assert "Max new tokens" in client.predict("hi", [], [], RUN_A, "base", False, "", 0, 0.9, 0, 42, 1.0,
+                                              api_name="/chat")[4]
     assert "Nothing to vote on" in client.predict("ann", "", api_name="/vote_tie")[0]
     broken = chat_server[1] / "runs" / "20250103-000000-broken"
     (broken / "adapter").mkdir(parents=True)
