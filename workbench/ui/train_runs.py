@@ -59,20 +59,21 @@ def _view(run_id, compare, last_seen):
             _history(run_id)[1], *buttons_for(state))
 
 
-def _runs_key() -> str:
-    """Which runs exist and which one trains: a directory listing and the slot file (no status reads)."""
+def _runs_key() -> tuple[str, str | None]:
+    """(key, training run): which runs exist and which one trains, from a directory listing and the slot file (no
+    status reads)."""
     names = sorted(n for n in os.listdir(paths.runs_dir()) if not n.startswith("."))
-    return f"{','.join(names)}|{jobs.active_run() or ''}"
+    active = jobs.active_run()
+    return f"{','.join(names)}|{active or ''}", active
 
 
 def _runs_tick(run_id, seen):
     """Timer tick: runs started elsewhere (a recipe search's trials, its 'Use this recipe' run, the CLI) or deleted
     there join or leave the Run list and history; a run that starts training is picked when the one shown is not
     training, so the tab follows what trains."""
-    key = _runs_key()
+    key, active = _runs_key()
     if key == seen:
         return (gr.skip(),) * 4
-    active = jobs.active_run()
     pick = run_id
     if active and active != run_id:
         try:

@@ -349,14 +349,13 @@ def build(demo: gr.Blocks) -> None:
     def load_preset(name):
         return _form_values(preset(name))
 
-    def data_tick(choice, preset_name, seen, model_name, *values):
-        """When the Data tab saved another dataset (a stat call per tick): train on it, and say so beside Start."""
+    def data_tick(choice, seen):
+        """When the Data tab saved another dataset (a stat call per tick): train on it. The line beside Start follows
+        through data_seen's change (so the form's values are not sent on every tick)."""
         key = workspace.change_key()
         if key == seen:
-            return gr.skip(), gr.skip(), gr.skip()
-        if key != "-":
-            choice = DATA_TAB
-        return key, choice, _dataset_from_form(choice, preset_name, model_name, *values)
+            return gr.skip(), gr.skip()
+        return key, DATA_TAB if key != "-" else choice
 
     estimate_in = [model, preset_pick, data_choice, *form]
     cli_in = [pref_parent, pref_source, *estimate_in]
@@ -382,8 +381,8 @@ def build(demo: gr.Blocks) -> None:
     resume_btn.click(_resume, run_pick, None).then(lambda: "", None, last_seen, **private)
     view_io = ([run_pick, compare, last_seen], [last_seen, progress, plot, log, cli, history, stop_btn, resume_btn])
     timer.tick(_view, *view_io, **private)
-    timer.tick(data_tick, [data_choice, preset_pick, data_seen, model, *form], [data_seen, data_choice, data_md],
-               **private)
+    timer.tick(data_tick, [data_choice, data_seen], [data_seen, data_choice], **private)
+    data_seen.change(_dataset_from_form, data_form_in, data_md, **private)
     timer.tick(_runs_tick, [run_pick, runs_seen], [runs_seen, run_pick, history, compare], **private)
     run_pick.change(_view, *view_io, **private).then(_compare_choices, [run_pick, compare], compare, **private)
     compare.change(_view, *view_io, **private)
