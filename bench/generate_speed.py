@@ -17,8 +17,9 @@ BENCH_CHAT_ONLY=1: only (a), then the engine alone and (a) again with the Chat t
 a minute and a half on an H200, writes no results file.
 
 Then the levers one by one (printed, one JSON object each): CUDA graphs off, no LoRA in the batch (the
-bound for a merged copy), LoRA (or all products) as generated reductions, decoding from the 4-bit weights (NF4 kernel), the layer math
-not compiled, unsorted eval batches, eval batches of 16/64/256.
+bound for a merged copy), each default decode lever off (LoRA products as reductions, LoRA A folded into the base
+GEMM, fused cache writes + additive mask), decoding from the 4-bit weights (NF4 kernel), the layer math not compiled,
+unsorted eval batches, eval batches of 64/256.
 Writes bench/results/generate_speed.json (the headline keys) and prints everything else.
 """
 from __future__ import annotations
@@ -138,19 +139,18 @@ def levers(engine, prompt, lever: dict) -> None:
                                                                                  repeats=1)
     finally:
         engine.use_graphs = True
-    for mode in ("lora", "all"):  # decode-step products as generated reductions (off by default)
-        if engine.reduce == mode:
-            continue
-        from workbench.chat import fast_generate as fg
+    from workbench.chat import fast_generate as fg
 
-        os.environ["WORKBENCH_FAST_REDUCE"] = mode
+    for lever_env, what in (("WORKBENCH_FAST_REDUCE", "LoRA products as matmuls, not reductions"),
+                            ("WORKBENCH_FAST_FOLD", "LoRA A apart, not folded into the base GEMM"),
+                            ("WORKBENCH_FAST_FUSE", "separate cache writes and a boolean mask")):  # each default lever off
+        os.environ[lever_env] = "0"
         try:
             other = fg.FastEngine(engine.model_ref())
-            lever[f"products as reductions (WORKBENCH_FAST_REDUCE={mode}), 2 rows + LoRA"] = engine_rate(
-                other, prompt, [None, "tuned"])
+            lever[f"{what} ({lever_env}=0), 2 rows + LoRA"] = engine_rate(other, prompt, [None, "tuned"])
             del other
         finally:
-            os.environ.pop("WORKBENCH_FAST_REDUCE", None)
+            os.environ.pop(lever_env, None)
     if not engine.nf4:  # the NF4 decode kernel (off by default: workbench/chat/nf4_gemv.py) in the whole engine
         from workbench.chat import fast_generate as fg
 
@@ -167,24 +167,15 @@ def levers(engine, prompt, lever: dict) -> None:
         emit(bench="lever", variant=name, tokens_per_s_per_row=round(rate, 1))
 
 
-def main() -> None:
+def bench_model():
+    """The Mistral-7B-shaped random model in 4-bit with the random r16 q/k/v/o adapter "tuned", ready to generate."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     import gpu_suite
-    from workbench.chat import fast_generate as fg
-    from workbench.chat import session
-    from workbench.chat.streaming import ChatSettings
     from workbench.config import ModelConfig
-    from workbench.evaluation import scoring
     from workbench.models import load_model
 
-    assert torch.cuda.is_available(), "needs a CUDA GPU"
-    os.environ.setdefault("WORKBENCH_HOME", "/tmp/wb-gpu")
-    gpu = torch.cuda.get_device_name(0)
-    import transformers, peft, bitsandbytes  # noqa: E401
-    emit(gpu=gpu, torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
-         bitsandbytes=bitsandbytes.__version__)
     t = time.time()
     gpu_suite.build_random_mistral()
     model, tok, _ = load_model(ModelConfig(name_or_path=str(gpu_suite.MODEL_DIR)), "cuda")
@@ -198,6 +189,24 @@ def main() -> None:
     model.eval()
     emit(step="model ready", seconds=round(time.time() - t, 1),
          mem_gb=round(torch.cuda.memory_allocated() / 2**30, 2))
+    return model, tok
+
+
+def main() -> None:
+    import torch
+
+    from workbench.chat import fast_generate as fg
+    from workbench.chat import session
+    from workbench.chat.streaming import ChatSettings
+    from workbench.evaluation import scoring
+
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    os.environ.setdefault("WORKBENCH_HOME", "/tmp/wb-gpu")
+    gpu = torch.cuda.get_device_name(0)
+    import transformers, peft, bitsandbytes  # noqa: E401
+    emit(gpu=gpu, torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+         bitsandbytes=bitsandbytes.__version__)
+    model, tok = bench_model()
     held = session.HeldModel(key=("bench",), model=model, tokenizer=tok, device="cuda")
     held.adapters.add("tuned")
     recs = questions(EVAL_QUESTIONS)

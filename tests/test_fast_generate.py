@@ -234,28 +234,30 @@ def test_per_row_lora_slots_equal_peft_mixed_batch(fp32):
         peft_model.unload()
 
 
-@pytest.mark.parametrize("mode", ["lora", "all"])
-def test_products_as_reductions_give_the_same_tokens(fp32, monkeypatch, mode):
-    """WORKBENCH_FAST_REDUCE (the decode step's products as reductions; =lora is the default, =0 turns it off): the
-    per-row LoRA products (and with =all the base products) written as multiply-and-sum give the matmul form's greedy
-    tokens, base and two adapters in one batch."""
+@pytest.mark.parametrize("lever", ["WORKBENCH_FAST_REDUCE", "WORKBENCH_FAST_FOLD", "WORKBENCH_FAST_FUSE"])
+def test_each_decode_lever_gives_the_same_tokens(fp32, monkeypatch, lever):
+    """The decode-step levers, all on by default, each turned off with =0: the LoRA products as reductions, LoRA A folded
+    into the base product (A^T under the dense weight's rows), the KV-cache write and an additive mask fused into the
+    step. In float32 each gives the tokens the engine gives without it, base and two adapters of different ranks and
+    targets in one batch; then a batch with fewer adapters reuses the folded rows, and one with more grows them."""
     model, tok = fp32
     peft_model = _two_adapters(model, 1, ["q_proj", "v_proj", "o_proj", "down_proj"],
                                ["k_proj", "gate_proj", "up_proj"], other_alpha=8)
     try:
         prompts = [_prompt(tok, QUESTION)] * 3
         adapters = [None, "tuned", "other"]
-        monkeypatch.setenv("WORKBENCH_FAST_REDUCE", "0")
-        plain_products = fg.FastEngine(peft_model)
-        assert plain_products.reduce == ""
-        matmul = _fast(plain_products, prompts, 10, adapters)
-        monkeypatch.delenv("WORKBENCH_FAST_REDUCE")
-        assert fg.FastEngine(peft_model).reduce == "lora"  # the default
-        monkeypatch.setenv("WORKBENCH_FAST_REDUCE", mode)
+        monkeypatch.setenv(lever, "0")
+        without = fg.FastEngine(peft_model)
+        assert not (without.reduce and without.fold and without.fuse)
+        expected = _fast(without, prompts, 10, adapters)
+        one = _fast(without, prompts[:2], 6, adapters[:2])
+        monkeypatch.delenv(lever)
         engine = fg.FastEngine(peft_model)
-        assert engine.reduce == mode
-        assert _fast(engine, prompts, 10, adapters) == matmul
-        assert matmul[0] != matmul[1] and matmul[1] != matmul[2]  # each adapter acts on its own row
+        assert engine.reduce == "lora" and engine.fold and engine.fuse  # the defaults
+        assert _fast(engine, prompts[:2], 6, adapters[:2]) == one  # one adapter first: its A rows folded in
+        assert _fast(engine, prompts, 10, adapters) == expected  # two: the buffers grow
+        assert _fast(engine, prompts[:2], 6, adapters[:2]) == one  # back to one, in the grown buffers
+        assert expected[0] != expected[1] and expected[1] != expected[2]  # each adapter acts on its own row
     finally:
         peft_model.unload()
 

@@ -133,22 +133,25 @@ def test_cuda_engine_stays_compiled_through_many_batch_shapes(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["lora", "all"])
-def test_cuda_reduction_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, mode):
-    """WORKBENCH_FAST_REDUCE on the GPU: the compiled, graphed decode step with the products as reductions gives the
-    matmul form's tokens (or parts only where summation order decides: random weights, flat logits)."""
+@pytest.mark.parametrize("lever", ["WORKBENCH_FAST_REDUCE", "WORKBENCH_FAST_FOLD", "WORKBENCH_FAST_FUSE"])
+def test_cuda_decode_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, lever):
+    """Each decode-step lever on the GPU (all on by default): the LoRA products as reductions, LoRA A folded into the
+    base GEMM, the cache write and the additive mask fused into the step. The compiled, graphed engine with the lever
+    gives the tokens it gives without it (or parts only where summation order or A's rounding to bf16 decides: random
+    weights, flat logits), and it compiled."""
     import torch
 
     model = _small_cuda_model(tmp_path)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(5, 4096, (n,), generator=g).tolist() for n in (12, 33)]
     adapters = [None, "run1"]
-    monkeypatch.setenv("WORKBENCH_FAST_REDUCE", "0")
-    matmul = _fast(fg.FastEngine(model), prompts, 24, adapters)
-    monkeypatch.setenv("WORKBENCH_FAST_REDUCE", mode)
+    monkeypatch.setenv(lever, "0")
+    without = _fast(fg.FastEngine(model), prompts, 24, adapters)
+    monkeypatch.delenv(lever)
     engine = fg.FastEngine(model)
-    fused = _fast(engine, prompts, 24, adapters)
-    assert engine.reduce == mode and engine.compiled, engine.compile_error  # it compiled (no fallback)
+    assert engine.reduce == "lora" and engine.fold and engine.fuse
+    default = _fast(engine, prompts, 24, adapters)
+    assert engine.compiled, engine.compile_error  # it compiled (no fallback)
     for row in range(2):
-        first = next((i for i, (a, b) in enumerate(zip(matmul[row], fused[row])) if a != b), None)
+        first = next((i for i, (a, b) in enumerate(zip(without[row], default[row])) if a != b), None)
         assert first is None or first >= 3, (row, first)

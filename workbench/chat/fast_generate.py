@@ -69,8 +69,9 @@ class _Layer:
     ln2: object
     eps1: float
     eps2: float
-    w: dict  # group -> dense weight [out, in]
-    b: dict  # group -> bias or None
+    w: dict  # group -> dense weight [out, in], with room below for folded LoRA A rows (the engine's `fold`)
+    b: dict  # group -> bias or None (zero-padded like w)
+    out: dict  # group -> the base weight's rows
     q: dict | None = None  # group -> the 4-bit weights for the NF4 decode kernel (packed, absmax, code, blocksize)
 
 
@@ -131,7 +132,8 @@ class FastEngine:
                      for x, lin in zip(biases, lins)])
             self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                                       layer.input_layernorm.variance_epsilon,
-                                      layer.post_attention_layernorm.variance_epsilon, w, b))
+                                      layer.post_attention_layernorm.variance_epsilon, w, b,
+                                      {g: m.shape[0] for g, m in w.items()}))
         self._modules = inner.layers  # to read LoRA weights from
         self.nf4 = self._pack_4bit(inner.layers)
         cuda = self.device.type == "cuda"
@@ -144,12 +146,16 @@ class FastEngine:
             self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
             self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
         self.compiled = bool(compile_layers)
-        # decode-step products as generated reductions (fast_layers._proj): the LoRA products by default (1.07x per
-        # token on an H200, BENCHMARKS.md); WORKBENCH_FAST_REDUCE=all the base products too (0.54x: measured, not
-        # kept), =0 neither
-        self.reduce = os.environ.get("WORKBENCH_FAST_REDUCE", "lora")
-        if self.reduce not in ("lora", "all"):
-            self.reduce = ""
+        # the LoRA products of a decode step as generated reductions (fast_layers._proj; 1.07x per token on an H200,
+        # BENCHMARKS.md); WORKBENCH_FAST_REDUCE=0 keeps them as matmuls
+        self.reduce = "" if os.environ.get("WORKBENCH_FAST_REDUCE", "lora") == "0" else "lora"
+        # each adapted layer's LoRA A rides in its base product: A^T sits under the dense weight's rows, so one GEMM
+        # reads both (A in the dense copy's dtype); WORKBENCH_FAST_FOLD=0 keeps A apart, in the adapter's own dtype
+        self.fold = os.environ.get("WORKBENCH_FAST_FOLD", "1") != "0"
+        # decode steps write the KV cache inside the layer math (fused with RoPE when compiled) and build the
+        # attention mask once per step as additive floats (SDPA converts a boolean mask on every call, each layer);
+        # WORKBENCH_FAST_FUSE=0 keeps the separate cache writes and the boolean mask (to measure against)
+        self.fuse = os.environ.get("WORKBENCH_FAST_FUSE", "1") != "0"
         self.compile_error = ""
         self._states: dict[tuple, State] = {}
         self._slots: Slots | None = None
@@ -176,15 +182,50 @@ class FastEngine:
             return None
         self._slots = slots
         self._states = {k: s for k, s in self._states.items() if s.slots is None}  # drop old-slot graphs
+        self._fold_in(slots)
         return self._slots
+
+    def _fold_in(self, slots: Slots) -> None:
+        """Write each adapted group's stacked A^T under its base rows (growing the buffer when it has too little room:
+        then every captured graph goes, since graphs hold the old buffers' addresses)."""
+        import torch
+
+        if not self.fold:
+            return
+        moved = False
+        for (i, group), a in slots.a.items():
+            layer = self.layers[i]
+            out, width, w = layer.out[group], a.shape[1], layer.w[group]
+            if w.shape[0] < out + width:
+                moved = True
+                grown = torch.empty(out + width, w.shape[1], dtype=w.dtype, device=w.device)
+                grown[:out].copy_(w[:out])
+                layer.w[group] = w = grown
+                if layer.b[group] is not None:
+                    bias = torch.zeros(out + width, dtype=w.dtype, device=w.device)
+                    bias[:out].copy_(layer.b[group][:out])
+                    layer.b[group] = bias
+            w[out:out + width].copy_(a.t())
+        if moved:
+            self._states.clear()
 
     # -- the model ---------------------------------------------------------------------------
 
-    def _lora_args(self, st: State, i: int, group: str):
-        key = (i, group)
-        if st.slots is None or key not in st.slots.a:
-            return None, None, None
-        return st.slots.a[key], st.slots.bm[key], st.gate[key]
+    def _lin(self, st: State, i: int, group: str, weights: str) -> tuple:
+        """Layer i's `group` product for fast_layers._proj: (w, b, a, bm, gate, split)."""
+        layer = self.layers[i]
+        out, b, key = layer.out[group], layer.b[group], (i, group)
+        lora = st.slots is not None and key in st.slots.a
+        if weights == "q":  # the NF4 kernel's 4-bit weights (never folded)
+            return (layer.q[group], None if b is None else b[:out],
+                    *((st.slots.a[key], st.slots.bm[key], st.gate[key]) if lora else (None, None, None)), 0)
+        w = layer.w[group]
+        if not lora:
+            return w[:out], None if b is None else b[:out], None, None, None, 0
+        if self.fold:
+            rows = out + st.slots.a[key].shape[1]
+            return w[:rows], None if b is None else b[:rows], None, st.slots.bm[key], st.gate[key], out
+        return w[:out], None if b is None else b[:out], st.slots.a[key], st.slots.bm[key], st.gate[key], 0
 
     def _forward(self, st: State, ids, pos, mask, window: int | None):
         """Logits of the last position. window=None: prefill of ids [B,T] at cache 0..T-1 with mask
@@ -200,9 +241,9 @@ class FastEngine:
         weights = "q" if self.nf4 and chat_sized else "w"  # the 4-bit weights (NF4 kernel, when on) or the dense copy
         reduce = self.reduce if chat_sized else ""
         for i, layer in enumerate(self.layers):
-            w = getattr(layer, weights)
-            q, k, v = pre(x, layer.ln1, layer.eps1, w["qkv"], layer.b["qkv"],
-                          *self._lora_args(st, i, "qkv"), cos, sin, self.heads, self.kv_heads, self.head_dim, reduce)
+            cache = (st.k[i], st.v[i], st.cache_pos) if window is not None and self.fuse else ()
+            q, k, v = pre(x, layer.ln1, layer.eps1, self._lin(st, i, "qkv", weights), cos, sin, self.heads,
+                          self.kv_heads, self.head_dim, reduce, *cache)
             if window is None:
                 st.k[i][:, :, :t] = k
                 st.v[i][:, :, :t] = v
@@ -211,21 +252,25 @@ class FastEngine:
                 attn = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=self.scaling)
                 attn = attn.transpose(1, 2).reshape(bsz, t, self.heads * self.head_dim)
             else:
-                st.k[i].index_copy_(2, st.cache_pos, k)
-                st.v[i].index_copy_(2, st.cache_pos, v)
+                if not cache:
+                    st.k[i].index_copy_(2, st.cache_pos, k)
+                    st.v[i].index_copy_(2, st.cache_pos, v)
                 # GQA without copies: the G query heads of one KV head act as G query positions
                 qg = q.reshape(bsz, self.kv_heads, group, self.head_dim)
                 attn = F.scaled_dot_product_attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window],
                                                       attn_mask=mask, scale=self.scaling)
                 attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
-            x = post(x, attn, w["o"], layer.b["o"], *self._lora_args(st, i, "o"), layer.ln2, layer.eps2,
-                     w["gu"], layer.b["gu"], *self._lora_args(st, i, "gu"),
-                     w["d"], layer.b["d"], *self._lora_args(st, i, "d"), self.act, reduce)
+            x = post(x, attn, self._lin(st, i, "o", weights), layer.ln2, layer.eps2, self._lin(st, i, "gu", weights),
+                     self._lin(st, i, "d", weights), self.act, reduce)
         h = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return F.linear(h, self.lm_head).float()
 
     def _decode_step(self, st: State, window: int):
+        import torch
+
         mask = (st.valid[:, :window] & (st.arange[:window] <= st.cache_pos)).view(st.rows, 1, 1, window)
+        if self.fuse:  # additive, built once for all layers (the same -inf / 0 SDPA makes of a boolean mask)
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
         return self._forward(st, st.tok, st.pos, mask, window)
 
     def _graph(self, st: State, window: int):

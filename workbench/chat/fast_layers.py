@@ -83,40 +83,45 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _proj(x, w, b, a, bm, gate, reduce: str = ""):
-    """Linear layer with optional per-row LoRA: y = xW^T + b + (((x32 @ A) * gate) @ B).to(y.dtype). `w` is a dense
-    matrix, or the 4-bit weights as (packed, absmax, code, blocksize) for the NF4 kernel (workbench.chat.nf4_gemv).
+def _proj(x, lin, reduce: str = ""):
+    """A linear layer with optional per-row LoRA: y = xW^T + b + (((x @ A) * gate) @ B).to(y.dtype).
 
-    `reduce` (speed levers for the compiled decode step; off by default): "lora" writes the two small LoRA products as
-    multiply-and-sum, so torch.compile makes each one reduction kernel with the casts, the row gate and the add
-    folded in; "all" writes the dense base product that way too (a generated GEMV with the norm before it and the
-    residual after it fused in, instead of cuBLAS). The same float32 products, summed in another order. Decode steps
-    only: eagerly, or with many rows, it would materialize x times the weights."""
+    `lin` is (w, b, a, bm, gate, split). `w` is a dense matrix, or the 4-bit weights as (packed, absmax, code, blocksize)
+    for the NF4 kernel (workbench.chat.nf4_gemv). `split` > 0: the LoRA A is folded into the base product (the engine
+    keeps A^T under the weight's `split` rows, and a zero-padded bias), so one GEMM gives y and x @ A; `a` is then None.
+
+    `reduce` (the compiled decode step's default, "lora"): the small B product (and an unfolded A product) is written as
+    multiply-and-sum, so torch.compile makes it one reduction with the casts, the row gate and the add folded in. The
+    same products, summed in another order. Decode steps only: eagerly, or with many rows, it would materialize x
+    times the weights."""
     import torch.nn.functional as F
 
+    w, b, a, bm, gate, split = lin
     if isinstance(w, tuple):
         from workbench.chat import nf4_gemv
 
         y = nf4_gemv.linear(x, *w, b)
-    elif reduce == "all":
-        y = (x.unsqueeze(-2).float() * w.float()).sum(-1)
-        y = (y if b is None else y + b.float()).to(x.dtype)
     else:
         y = F.linear(x, w, b)
-    if a is not None and reduce:
+    if split:
+        y, t = y[..., :split], y[..., split:].to(bm.dtype) * gate.unsqueeze(1)
+    elif a is not None and reduce:
         t = (x.to(a.dtype).unsqueeze(-1) * a).sum(-2) * gate.unsqueeze(1)
-        y = y + (t.unsqueeze(-1) * bm).sum(-2).to(y.dtype)
     elif a is not None:
         t = (x.to(a.dtype) @ a) * gate.unsqueeze(1)
-        y = y + (t @ bm).to(y.dtype)
-    return y
+    else:
+        return y
+    delta = (t.unsqueeze(-1) * bm).sum(-2) if reduce else t @ bm
+    return y + delta.to(y.dtype)
 
 
-def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads, head_dim, reduce=""):
-    """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]."""
+def _layer_pre(x, ln_w, eps, qkv_lin, cos, sin, heads, kv_heads, head_dim, reduce="",
+               k_cache=None, v_cache=None, cache_pos=None):
+    """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]. Given the layer's cache (a decode
+    step), k and v are also written into it at `cache_pos` here, so the compiled step fuses the write with RoPE."""
     bsz, t, _ = x.shape
     h = _rms(x, ln_w, eps)
-    qkv = _proj(h, wqkv, bqkv, a, bm, gate, reduce)
+    qkv = _proj(h, qkv_lin, reduce)
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(bsz, t, heads, head_dim).transpose(1, 2)
     k = k.view(bsz, t, kv_heads, head_dim).transpose(1, 2)
@@ -124,14 +129,15 @@ def _layer_pre(x, ln_w, eps, wqkv, bqkv, a, bm, gate, cos, sin, heads, kv_heads,
     c, s = cos.unsqueeze(1), sin.unsqueeze(1)
     q = q * c + _rotate_half(q) * s
     k = k * c + _rotate_half(k) * s
+    if k_cache is not None:
+        k_cache.index_copy_(2, cache_pos, k)
+        v_cache.index_copy_(2, cache_pos, v)
     return q, k, v
 
 
-def _layer_post(x, attn, wo, bo, ao, bmo, go, ln_w, eps, wgu, bgu, agu, bmgu, ggu, wd, bd, ad, bmd, gd, act,
-                reduce=""):
+def _layer_post(x, attn, o_lin, ln_w, eps, gu_lin, d_lin, act, reduce=""):
     """o_proj (+LoRA) + residual -> norm -> SwiGLU MLP (+LoRA) + residual."""
-    x = x + _proj(attn, wo, bo, ao, bmo, go, reduce)
+    x = x + _proj(attn, o_lin, reduce)
     h = _rms(x, ln_w, eps)
-    gu = _proj(h, wgu, bgu, agu, bmgu, ggu, reduce)
-    g, u = gu.chunk(2, dim=-1)
-    return x + _proj(act(g) * u, wd, bd, ad, bmd, gd, reduce)
+    g, u = _proj(h, gu_lin, reduce).chunk(2, dim=-1)
+    return x + _proj(act(g) * u, d_lin, reduce)

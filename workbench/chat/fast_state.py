@@ -93,7 +93,7 @@ def stack_slots(model, modules, layers, names: tuple, device) -> Slots | None:
     for i in range(len(layers)):
         for group in sorted(groups):
             parent, members = GROUPS[group]
-            w = layers[i].w[group]
+            w = layers[i].w[group][:layers[i].out[group]]
             outs = [_base_linear(getattr(getattr(modules[i], parent), m)).out_features for m in members]
             width = len(members) * rank
             a_ = torch.zeros(w.shape[1], n * width, dtype=torch.float32, device=device)
