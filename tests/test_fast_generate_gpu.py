@@ -155,3 +155,29 @@ def test_cuda_decode_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, l
     for row in range(2):
         first = next((i for i, (a, b) in enumerate(zip(without[row], default[row])) if a != b), None)
         assert first is None or first >= 3, (row, first)
+
+
+@pytest.mark.gpu
+def test_cuda_chat_prefill_replays_one_graph_per_prompt_width(tmp_path, monkeypatch):
+    """Chat-sized prompt passes run as CUDA graphs (the eager pass is ~2,000 launches of CPU time before the first
+    token): prompts are left-padded to a multiple of 64 tokens, one graph per width is captured on first use and
+    replayed after; the tokens are the eager prefill's exactly (the same kernels, padded the same way)."""
+    import torch
+
+    model = _small_cuda_model(tmp_path)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(5, 4096, (n,), generator=g).tolist() for n in (12, 33)]
+    adapters = [None, "run1"]
+    monkeypatch.setenv("WORKBENCH_FAST_PREFILL_GRAPH", "0")
+    eager_engine = fg.FastEngine(model)
+    eager = _fast(eager_engine, prompts, 16, adapters)
+    assert not any(st.prefills for st in eager_engine._states.values())
+    monkeypatch.delenv("WORKBENCH_FAST_PREFILL_GRAPH")
+    engine = fg.FastEngine(model)
+    assert _fast(engine, prompts, 16, adapters) == eager
+    (st,) = engine._states.values()
+    assert list(st.prefills) == [64]  # 33 tokens: one 64-token width
+    graph = st.prefills[64][0]
+    assert _fast(engine, [p[3:] for p in prompts], 16, adapters) == _fast(eager_engine, [p[3:] for p in prompts], 16,
+                                                                             adapters)
+    assert list(st.prefills) == [64] and st.prefills[64][0] is graph  # the same width: replayed, not captured again

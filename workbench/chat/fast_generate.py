@@ -46,6 +46,9 @@ from workbench.chat.fast_state import Slots, State, stack_slots
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 WINDOW = 256  # attention-window bucket of the decode graphs (tokens)
+PREFILL_BUCKET = 64  # chat-sized prompts are left-padded to a multiple of this on CUDA, so their prefill can replay
+PREFILL_GRAPH_ROWS = 4  # batches of up to this many rows (chat's columns) prefill as CUDA graphs; evaluation's eagerly
+PREFILL_GRAPHS_KEPT = 4  # prompt widths whose prefill graph a state keeps
 MEMORY_MARGIN = 0.8  # the engine may take at most this share of the GPU memory free right now
 _ATTR = "_workbench_fast_engine"
 
@@ -156,6 +159,8 @@ class FastEngine:
         # attention mask once per step as additive floats (SDPA converts a boolean mask on every call, each layer);
         # WORKBENCH_FAST_FUSE=0 keeps the separate cache writes and the boolean mask (to measure against)
         self.fuse = os.environ.get("WORKBENCH_FAST_FUSE", "1") != "0"
+        # chat-sized prompt passes as CUDA graphs (_prefill); WORKBENCH_FAST_PREFILL_GRAPH=0 runs them eagerly
+        self.prefill_graphs = os.environ.get("WORKBENCH_FAST_PREFILL_GRAPH", "1") != "0"
         self.compile_error = ""
         self._states: dict[tuple, State] = {}
         self._slots: Slots | None = None
@@ -322,7 +327,7 @@ class FastEngine:
         the caller ignores rows it saw finish). Stops after max_new_tokens steps, when every row has hit a
         stop token, or when should_stop() is true. `row_adapters[i]` names row i's adapter (None = base).
         `length` sets the static cache length (default: prompt + new tokens, rounded up to 256)."""
-        rows, width = len(prompts), max(len(p) for p in prompts)
+        rows, width = len(prompts), self._prompt_width(prompts)
         need = width + max_new_tokens
         length = length or -(-need // WINDOW) * WINDOW
         if length < need:
@@ -333,7 +338,7 @@ class FastEngine:
         stop = set(stop_ids)
         with self.lock:
             run = self._start(prompts, names, [names.index(n) if n else -1 for n in row_adapters], length,
-                              temperature, top_p, seed, repetition_penalty)
+                              temperature, top_p, seed, repetition_penalty, width)
             done = [False] * rows
             for step in range(max_new_tokens):
                 tokens = self._advance(run, step, step + 1 < max_new_tokens)
@@ -350,12 +355,53 @@ class FastEngine:
 
             torch.cuda.current_stream().synchronize()
 
-    def _start(self, prompts, names, slot_of_row, length, temperature, top_p, seed, penalty=1.0) -> dict:
-        """Prefill (eager) and the first token; returns the run's state for _advance."""
+    def _prompt_width(self, prompts) -> int:
+        """The prefill's width: the longest prompt, rounded up to PREFILL_BUCKET for chat-sized batches on CUDA (more
+        left padding, masked like the rest; the same width with or without graphs, so both run the same kernels)."""
+        width = max(len(p) for p in prompts)
+        if self.device.type == "cuda" and len(prompts) <= PREFILL_GRAPH_ROWS:
+            width = -(-width // PREFILL_BUCKET) * PREFILL_BUCKET
+        return width
+
+    def _prefill(self, st: State, ids, pos, mask):
+        """The prompt pass: eager, or for chat-sized batches a CUDA graph per prompt width (captured on first use;
+        eager prefill is ~2,000 kernel launches, tens of ms of CPU time before the first token)."""
+        import torch
+
+        if not (self.use_graphs and st.rows <= PREFILL_GRAPH_ROWS and self.prefill_graphs):
+            return self._forward(st, ids, pos, mask, None)
+        width = ids.shape[1]
+        if width not in st.prefills:
+            inputs = (ids.clone(), pos.clone(), mask.clone())
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._forward(st, *inputs, None)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    logits = self._forward(st, *inputs, None)
+            except RuntimeError as e:  # something in this model's prompt pass cannot be captured: eager from now on
+                self.prefill_graphs = False
+                self.compile_error = self.compile_error or f"prefill graph: {str(e)[:200]}"
+                return self._forward(st, ids, pos, mask, None)
+            while len(st.prefills) >= PREFILL_GRAPHS_KEPT:
+                st.prefills.pop(next(iter(st.prefills)))
+            st.prefills[width] = (graph, inputs, logits)
+        graph, inputs, logits = st.prefills[width]
+        for buf, value in zip(inputs, (ids, pos, mask)):
+            buf.copy_(value)
+        graph.replay()
+        return logits
+
+    def _start(self, prompts, names, slot_of_row, length, temperature, top_p, seed, penalty=1.0,
+               width: int | None = None) -> dict:
+        """Prefill and the first token; returns the run's state for _advance."""
         import torch
 
         with torch.inference_mode():
-            rows, width = len(prompts), max(len(p) for p in prompts)
+            rows, width = len(prompts), width or self._prompt_width(prompts)
             slots = self._slots_for(names)
             st = self._state(rows, length, slots)
             st.set_rows(slot_of_row)
@@ -373,7 +419,7 @@ class FastEngine:
             if temperature > 0:
                 generator = torch.Generator(device=dev)
                 generator.manual_seed(seed if seed is not None and seed >= 0 else torch.seed())
-            logits = self._forward(st, ids, pos, mask.unsqueeze(1), None)
+            logits = self._prefill(st, ids, pos, mask.unsqueeze(1))
             seen = None  # the repetition penalty's tokens seen per row (prompt without its padding, then answers)
             seen = sampling.seen_tokens(ids, real, logits.shape[-1]) if penalty != 1.0 else None
             nxt = sampling.pick(sampling.penalized(logits, seen, penalty), temperature, top_p, generator)

@@ -84,7 +84,7 @@ def _rotate_half(x):
 
 
 def _proj(x, lin, reduce: str = ""):
-    """A linear layer with optional per-row LoRA: y = xW^T + b + (((x @ A) * gate) @ B).to(y.dtype).
+    """A linear layer with optional per-row LoRA: y = xW^T + b + (((x @ A) * gate) @ B).to(y.dtype), B given as B^T.
 
     `lin` is (w, b, a, bm, gate, split). `w` is a dense matrix, or the 4-bit weights as (packed, absmax, code, blocksize)
     for the NF4 kernel (workbench.chat.nf4_gemv). `split` > 0: the LoRA A is folded into the base product (the engine
@@ -111,7 +111,7 @@ def _proj(x, lin, reduce: str = ""):
         t = (x.to(a.dtype) @ a) * gate.unsqueeze(1)
     else:
         return y
-    delta = (t.unsqueeze(-1) * bm).sum(-2) if reduce else t @ bm
+    delta = (t.unsqueeze(-2) * bm).sum(-1) if reduce else t @ bm.t()  # bm holds B^T: [out, ranks]
     return y + delta.to(y.dtype)
 
 

@@ -13,7 +13,8 @@ class Slots:
     rank: int
     groups: tuple  # groups any slot's adapter targets
     a: dict  # (layer, group) -> [in, S*M*R]
-    bm: dict  # (layer, group) -> [S*M*R, out]
+    bm: dict  # (layer, group) -> B^T stacked, [out, S*M*R] (each output's LoRA row contiguous: the decode step's
+    # reduction over the ranks then reads memory in order)
     scale: dict  # (layer, group) -> [S*M*R]
 
 
@@ -37,6 +38,7 @@ class State:
             for key, scale in slots.scale.items():
                 self.gate[key] = torch.zeros(rows, scale.numel(), dtype=scale.dtype, device=dev)
         self.graphs: dict[int, tuple] = {}  # attention window -> (graph, logits buffer)
+        self.prefills: dict[int, tuple] = {}  # prompt width -> (graph, (ids, pos, mask) inputs, logits buffer)
         self.slot_of_row: tuple | None = None
 
     def set_rows(self, slot_of_row: list[int]) -> None:
@@ -113,5 +115,6 @@ def stack_slots(model, modules, layers, names: tuple, device) -> Slots | None:
                         s_[k0:k0 + r] = float(mod.scaling[name])
                     off_out += outs[mi]
             dtype = dtype or torch.float32  # peft runs LoRA in the adapter weights' dtype
-            a[(i, group)], bm[(i, group)], scale[(i, group)] = a_.to(dtype), b_.to(dtype), s_.to(dtype)
+            a[(i, group)], scale[(i, group)] = a_.to(dtype), s_.to(dtype)
+            bm[(i, group)] = b_.t().contiguous().to(dtype)
     return Slots(names, rank, tuple(sorted(groups)), a, bm, scale)
