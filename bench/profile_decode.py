@@ -112,7 +112,8 @@ def first_token_parts(held, prompt) -> dict:
 
 
 def attention_backends(rows=2, kv_heads=8, group=4, head_dim=128, window=WINDOW) -> dict:
-    """The decode step's attention alone (one layer's shapes, additive mask), per SDPA backend, in a CUDA graph."""
+    """The decode step's attention alone (one layer's shapes, additive mask), per SDPA backend and the workbench's
+    Triton decode kernel, in a CUDA graph."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -133,6 +134,17 @@ def attention_backends(rows=2, kv_heads=8, group=4, head_dim=128, window=WINDOW)
             out[name] = round(_replay_ms(graph) * 1000 / 32, 2)
         except Exception as e:  # a backend that cannot take these shapes
             out[name] = f"{type(e).__name__}: {str(e)[:120]}"
+    from workbench.chat import decode_attention
+
+    try:
+        decode_attention.attention(q, k, v, mask, head_dim ** -0.5)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(32):
+                decode_attention.attention(q, k, v, mask, head_dim ** -0.5)
+        out["TRITON_DECODE (workbench)"] = round(_replay_ms(graph) * 1000 / 32, 2)
+    except Exception as e:
+        out["TRITON_DECODE (workbench)"] = f"{type(e).__name__}: {str(e)[:200]}"
     return {"attention_us_per_layer": out}
 
 
@@ -199,7 +211,7 @@ def main() -> None:
     emit(prompt_tokens=len(prompt))
     results = [attention_backends()]
     emit(**results[0])
-    for variant in os.environ.get("BENCH_VARIANTS", "WORKBENCH_FAST_FOLD=0;").split(";"):
+    for variant in os.environ.get("BENCH_VARIANTS", "WORKBENCH_FAST_ATTN=0;").split(";"):
         try:
             row = measure(model, tok, held, prompt, variant.strip())
         except Exception as e:  # reported; the next variant still runs

@@ -133,10 +133,11 @@ def test_cuda_engine_stays_compiled_through_many_batch_shapes(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("lever", ["WORKBENCH_FAST_REDUCE", "WORKBENCH_FAST_FOLD", "WORKBENCH_FAST_FUSE"])
+@pytest.mark.parametrize("lever", ["WORKBENCH_FAST_REDUCE", "WORKBENCH_FAST_FOLD", "WORKBENCH_FAST_FUSE",
+                                   "WORKBENCH_FAST_ATTN"])
 def test_cuda_decode_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, lever):
     """Each decode-step lever on the GPU (all on by default): the LoRA products as reductions, LoRA A folded into the
-    base GEMM, the cache write and the additive mask fused into the step. The compiled, graphed engine with the lever
+    base GEMM, the cache write and the additive mask fused into the step, the Triton decode attention. The compiled, graphed engine with the lever
     gives the tokens it gives without it (or parts only where summation order or A's rounding to bf16 decides: random
     weights, flat logits), and it compiled."""
     import torch
@@ -149,7 +150,7 @@ def test_cuda_decode_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, l
     without = _fast(fg.FastEngine(model), prompts, 24, adapters)
     monkeypatch.delenv(lever)
     engine = fg.FastEngine(model)
-    assert engine.reduce == "lora" and engine.fold and engine.fuse
+    assert engine.reduce == "lora" and engine.fold and engine.fuse and engine.attn_kernel
     default = _fast(engine, prompts, 24, adapters)
     assert engine.compiled, engine.compile_error  # it compiled (no fallback)
     for row in range(2):
@@ -181,3 +182,32 @@ def test_cuda_chat_prefill_replays_one_graph_per_prompt_width(tmp_path, monkeypa
     assert _fast(engine, [p[3:] for p in prompts], 16, adapters) == _fast(eager_engine, [p[3:] for p in prompts], 16,
                                                                              adapters)
     assert list(st.prefills) == [64] and st.prefills[64][0] is graph  # the same width: replayed, not captured again
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group,dim,window", [(4, 128, 256), (1, 64, 1024), (8, 128, 512)])
+def test_cuda_decode_attention_kernel_equals_sdpa(group, dim, window):
+    """The Triton decode attention against PyTorch's SDPA with the same additive mask: rows with left padding (one with
+    whole 64-position blocks of padding first) and positions not written yet; bf16 inputs, float32 softmax."""
+    import torch
+    import torch.nn.functional as F
+
+    from workbench.chat import decode_attention
+
+    assert decode_attention.enabled("cuda") and decode_attention.supports(group, dim, window)
+    torch.manual_seed(0)
+    rows, kv = 3, 4
+    q = torch.randn(rows, kv, group, dim, dtype=torch.bfloat16, device="cuda")
+    cache = torch.randn(2, rows, kv, window + 256, dim, dtype=torch.bfloat16, device="cuda")  # a window of a cache
+    k, v = cache[0][:, :, :window], cache[1][:, :, :window]
+    valid = torch.ones(rows, window, dtype=torch.bool, device="cuda")
+    valid[1, :5] = False  # left padding
+    valid[2, :150] = False  # whole blocks of padding
+    valid[:, window - 40:] = False  # not written yet
+    mask = torch.zeros(rows, 1, 1, window, dtype=torch.bfloat16, device="cuda").masked_fill_(
+        ~valid.view(rows, 1, 1, window), float("-inf"))
+    scale = dim ** -0.5
+    got = decode_attention.attention(q, k, v, mask, scale)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2), (got.float() - want.float()).abs().max()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from workbench import runs
-from workbench.chat import nf4_gemv
+from workbench.chat import decode_attention, nf4_gemv
 from workbench.chat.fast_layers import (  # noqa: F401 (fg._dense, fg.Unsupported, fg.kv_bytes are used by callers)
     GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, dense_bytes, kv_bytes)
 from workbench.chat import sampling
@@ -159,6 +159,8 @@ class FastEngine:
         # attention mask once per step as additive floats (SDPA converts a boolean mask on every call, each layer);
         # WORKBENCH_FAST_FUSE=0 keeps the separate cache writes and the boolean mask (to measure against)
         self.fuse = os.environ.get("WORKBENCH_FAST_FUSE", "1") != "0"
+        # decode attention as one Triton kernel (workbench.chat.decode_attention; on CUDA, with the additive mask)
+        self.attn_kernel = self.fuse and decode_attention.enabled(self.device)
         # chat-sized prompt passes as CUDA graphs (_prefill); WORKBENCH_FAST_PREFILL_GRAPH=0 runs them eagerly
         self.prefill_graphs = os.environ.get("WORKBENCH_FAST_PREFILL_GRAPH", "1") != "0"
         self.compile_error = ""
@@ -262,8 +264,12 @@ class FastEngine:
                     st.v[i].index_copy_(2, st.cache_pos, v)
                 # GQA without copies: the G query heads of one KV head act as G query positions
                 qg = q.reshape(bsz, self.kv_heads, group, self.head_dim)
-                attn = F.scaled_dot_product_attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window],
-                                                      attn_mask=mask, scale=self.scaling)
+                if self.attn_kernel and decode_attention.supports(group, self.head_dim, window):
+                    attn = decode_attention.attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window], mask,
+                                                      self.scaling)
+                else:
+                    attn = F.scaled_dot_product_attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window],
+                                                          attn_mask=mask, scale=self.scaling)
                 attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
             x = post(x, attn, self._lin(st, i, "o", weights), layer.ln2, layer.eps2, self._lin(st, i, "gu", weights),
                      self._lin(st, i, "d", weights), self.act, reduce)
