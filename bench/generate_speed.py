@@ -17,8 +17,8 @@ BENCH_CHAT_ONLY=1: only (a), then the engine alone and (a) again with the Chat t
 a minute and a half on an H200, writes no results file.
 
 Then the levers one by one (printed, one JSON object each): CUDA graphs off, no LoRA in the batch (the
-bound for a merged copy), each default decode lever off (LoRA products as reductions, LoRA A folded into the base
-GEMM, fused cache writes + additive mask), decoding from the 4-bit weights (NF4 kernel), the layer math not compiled,
+bound for a merged copy), each default lever off (LoRA products as reductions, LoRA A folded into the base GEMM,
+fused cache writes + additive mask, the Triton decode attention, the graphed chat prefill), decoding from the 4-bit weights (NF4 kernel), the layer math not compiled,
 unsorted eval batches, eval batches of 64/256.
 Writes bench/results/generate_speed.json (the headline keys) and prints everything else.
 """
@@ -143,7 +143,9 @@ def levers(engine, prompt, lever: dict) -> None:
 
     for lever_env, what in (("WORKBENCH_FAST_REDUCE", "LoRA products as matmuls, not reductions"),
                             ("WORKBENCH_FAST_FOLD", "LoRA A apart, not folded into the base GEMM"),
-                            ("WORKBENCH_FAST_FUSE", "separate cache writes and a boolean mask")):  # each default lever off
+                            ("WORKBENCH_FAST_FUSE", "separate cache writes and a boolean mask"),
+                            ("WORKBENCH_FAST_ATTN", "SDPA (cuDNN) decode attention, not the Triton kernel"),
+                            ("WORKBENCH_FAST_PREFILL_GRAPH", "eager chat prefill, not a CUDA graph")):  # each lever off
         os.environ[lever_env] = "0"
         try:
             other = fg.FastEngine(engine.model_ref())
