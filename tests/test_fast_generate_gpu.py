@@ -134,11 +134,10 @@ def test_cuda_engine_stays_compiled_through_many_batch_shapes(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("lever", ["WORKBENCH_FAST_REDUCE", "WORKBENCH_FAST_FOLD", "WORKBENCH_FAST_FUSE",
-                                   "WORKBENCH_FAST_ATTN", "WORKBENCH_FAST_GEMV"])
+                                   "WORKBENCH_FAST_ATTN"])
 def test_cuda_decode_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, lever):
     """Each decode-step lever on the GPU (all on by default): the LoRA products as reductions, LoRA A folded into the
-    base GEMM, the cache write and the additive mask fused into the step, the Triton decode attention, the Triton GEMV
-    for o. The compiled, graphed engine with the lever
+    base GEMM, the cache write and the additive mask fused into the step, the Triton decode attention. The compiled, graphed engine with the lever
     gives the tokens it gives without it (or parts only where summation order or A's rounding to bf16 decides: random
     weights, flat logits), and it compiled."""
     import torch
@@ -151,7 +150,7 @@ def test_cuda_decode_levers_compile_and_keep_the_tokens(tmp_path, monkeypatch, l
     without = _fast(fg.FastEngine(model), prompts, 24, adapters)
     monkeypatch.delenv(lever)
     engine = fg.FastEngine(model)
-    assert engine.reduce == "lora" and engine.fold and engine.fuse and engine.attn_kernel and engine.gemv
+    assert engine.reduce == "lora" and engine.fold and engine.fuse and engine.attn_kernel
     default = _fast(engine, prompts, 24, adapters)
     assert engine.compiled, engine.compile_error  # it compiled (no fallback)
     for row in range(2):
@@ -212,26 +211,3 @@ def test_cuda_decode_attention_kernel_equals_sdpa(group, dim, window):
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     assert got.shape == want.shape and torch.isfinite(got).all()
     assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2), (got.float() - want.float()).abs().max()
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("rows,n,k", [(1, 4112, 4096), (2, 4096, 4096), (2, 300, 1000)])
-def test_cuda_dense_gemv_equals_cublas(rows, n, k):
-    """The Triton GEMV (the o projection of chat decode steps) against F.linear, through the custom op the compiled
-    layer calls: the same products in another order, so equal to bf16 rounding (and in a compiled function too)."""
-    import torch
-    import torch.nn.functional as F
-
-    from workbench.chat import dense_gemv
-
-    assert dense_gemv.enabled("cuda")
-    dense_gemv.register()
-    torch.manual_seed(0)
-    w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02
-    x = torch.randn(rows, 1, k, dtype=torch.bfloat16, device="cuda")
-    want = F.linear(x.float(), w.float())
-    got = dense_gemv.linear(x, w)
-    compiled = torch.compile(lambda a, b: dense_gemv.linear(a, b) * 2, fullgraph=True)(x, w)
-    assert got.shape == (rows, 1, n) and got.dtype == torch.bfloat16
-    assert torch.allclose(got.float(), want, atol=1e-2, rtol=1e-2)
-    assert torch.equal(compiled, got * 2)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from workbench import runs
-from workbench.chat import decode_attention, dense_gemv, nf4_gemv
+from workbench.chat import decode_attention, nf4_gemv
 from workbench.chat.fast_layers import (  # noqa: F401 (fg._dense, fg.Unsupported, fg.kv_bytes are used by callers)
     GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, dense_bytes, kv_bytes)
 from workbench.chat import sampling
@@ -144,10 +144,6 @@ class FastEngine:
         if compile_layers is None:
             compile_layers = cuda and os.environ.get("WORKBENCH_FAST_COMPILE", "1") != "0"
         self.pre, self.post = _layer_pre, _layer_post
-        # the o projection of chat-sized decode steps through a Triton GEMV (workbench.chat.dense_gemv); =0: cuBLAS
-        self.gemv = dense_gemv.enabled(self.device)
-        if self.gemv:
-            dense_gemv.register()
         if compile_layers:
             _allow_recompiles()
             self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
@@ -222,21 +218,21 @@ class FastEngine:
 
     # -- the model ---------------------------------------------------------------------------
 
-    def _lin(self, st: State, i: int, group: str, weights: str, gemv: bool = False) -> tuple:
-        """Layer i's `group` product for fast_layers._proj: (w, b, a, bm, gate, split, gemv)."""
+    def _lin(self, st: State, i: int, group: str, weights: str) -> tuple:
+        """Layer i's `group` product for fast_layers._proj: (w, b, a, bm, gate, split)."""
         layer = self.layers[i]
         out, b, key = layer.out[group], layer.b[group], (i, group)
         lora = st.slots is not None and key in st.slots.a
         if weights == "q":  # the NF4 kernel's 4-bit weights (never folded)
             return (layer.q[group], None if b is None else b[:out],
-                    *((st.slots.a[key], st.slots.bm[key], st.gate[key]) if lora else (None, None, None)), 0, False)
+                    *((st.slots.a[key], st.slots.bm[key], st.gate[key]) if lora else (None, None, None)), 0)
         w = layer.w[group]
         if not lora:
-            return w[:out], None if b is None else b[:out], None, None, None, 0, gemv
+            return w[:out], None if b is None else b[:out], None, None, None, 0
         if self.fold:
             rows = out + st.slots.a[key].shape[1]
-            return w[:rows], None if b is None else b[:rows], None, st.slots.bm[key], st.gate[key], out, gemv
-        return w[:out], None if b is None else b[:out], st.slots.a[key], st.slots.bm[key], st.gate[key], 0, gemv
+            return w[:rows], None if b is None else b[:rows], None, st.slots.bm[key], st.gate[key], out
+        return w[:out], None if b is None else b[:out], st.slots.a[key], st.slots.bm[key], st.gate[key], 0
 
     def _forward(self, st: State, ids, pos, mask, window: int | None):
         """Logits of the last position. window=None: prefill of ids [B,T] at cache 0..T-1 with mask
@@ -251,9 +247,8 @@ class FastEngine:
         chat_sized = window is not None and bsz <= nf4_gemv.MAX_ROWS  # a decode step of a few rows (not eval's)
         weights = "q" if self.nf4 and chat_sized else "w"  # the 4-bit weights (NF4 kernel, when on) or the dense copy
         reduce = self.reduce if chat_sized else ""
-        gemv = self.gemv and window is not None and bsz <= dense_gemv.MAX_ROWS
         for i, layer in enumerate(self.layers):
-            cache = (st.kv[i], st.cache_pos) if window is not None and self.fuse else ()
+            cache = (st.k[i], st.v[i], st.cache_pos) if window is not None and self.fuse else ()
             q, k, v = pre(x, layer.ln1, layer.eps1, self._lin(st, i, "qkv", weights), cos, sin, self.heads,
                           self.kv_heads, self.head_dim, reduce, *cache)
             if window is None:
@@ -276,7 +271,7 @@ class FastEngine:
                     attn = F.scaled_dot_product_attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window],
                                                           attn_mask=mask, scale=self.scaling)
                 attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
-            x = post(x, attn, self._lin(st, i, "o", weights, gemv), layer.ln2, layer.eps2, self._lin(st, i, "gu", weights),
+            x = post(x, attn, self._lin(st, i, "o", weights), layer.ln2, layer.eps2, self._lin(st, i, "gu", weights),
                      self._lin(st, i, "d", weights), self.act, reduce)
         h = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return F.linear(h, self.lm_head).float()

@@ -86,10 +86,9 @@ def _rotate_half(x):
 def _proj(x, lin, reduce: str = ""):
     """A linear layer with optional per-row LoRA: y = xW^T + b + (((x @ A) * gate) @ B).to(y.dtype), B given as B^T.
 
-    `lin` is (w, b, a, bm, gate, split, gemv). `w` is a dense matrix, or the 4-bit weights as (packed, absmax, code,
-    blocksize) for the NF4 kernel (workbench.chat.nf4_gemv). `split` > 0: the LoRA A is folded into the base product
-    (the engine keeps A^T under the weight's `split` rows, and a zero-padded bias), so one GEMM gives y and x @ A; `a`
-    is then None. `gemv`: the dense product through workbench.chat.dense_gemv's Triton kernel.
+    `lin` is (w, b, a, bm, gate, split). `w` is a dense matrix, or the 4-bit weights as (packed, absmax, code, blocksize)
+    for the NF4 kernel (workbench.chat.nf4_gemv). `split` > 0: the LoRA A is folded into the base product (the engine
+    keeps A^T under the weight's `split` rows, and a zero-padded bias), so one GEMM gives y and x @ A; `a` is then None.
 
     `reduce` (the compiled decode step's default, "lora"): the small B product (and an unfolded A product) is written as
     multiply-and-sum, so torch.compile makes it one reduction with the casts, the row gate and the add folded in. The
@@ -97,16 +96,11 @@ def _proj(x, lin, reduce: str = ""):
     times the weights."""
     import torch.nn.functional as F
 
-    w, b, a, bm, gate, split, gemv = lin
+    w, b, a, bm, gate, split = lin
     if isinstance(w, tuple):
         from workbench.chat import nf4_gemv
 
         y = nf4_gemv.linear(x, *w, b)
-    elif gemv:  # the Triton GEMV (workbench.chat.dense_gemv) instead of cuBLAS
-        from workbench.chat import dense_gemv
-
-        y = dense_gemv.linear(x, w)
-        y = y if b is None else y + b
     else:
         y = F.linear(x, w, b)
     if split:
@@ -121,12 +115,10 @@ def _proj(x, lin, reduce: str = ""):
     return y + delta.to(y.dtype)
 
 
-def _layer_pre(x, ln_w, eps, qkv_lin, cos, sin, heads, kv_heads, head_dim, reduce="", kv_cache=None, cache_pos=None):
-    """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]. Given the layer's cache [2,B,KV,L,D]
-    (a decode step), k and v are also written into it at `cache_pos` here, so the compiled step fuses the write with
-    RoPE."""
-    import torch
-
+def _layer_pre(x, ln_w, eps, qkv_lin, cos, sin, heads, kv_heads, head_dim, reduce="",
+               k_cache=None, v_cache=None, cache_pos=None):
+    """norm -> fused qkv (+LoRA) -> RoPE. Returns q [B,H,T,D], k and v [B,KV,T,D]. Given the layer's cache (a decode
+    step), k and v are also written into it at `cache_pos` here, so the compiled step fuses the write with RoPE."""
     bsz, t, _ = x.shape
     h = _rms(x, ln_w, eps)
     qkv = _proj(h, qkv_lin, reduce)
@@ -137,8 +129,9 @@ def _layer_pre(x, ln_w, eps, qkv_lin, cos, sin, heads, kv_heads, head_dim, reduc
     c, s = cos.unsqueeze(1), sin.unsqueeze(1)
     q = q * c + _rotate_half(q) * s
     k = k * c + _rotate_half(k) * s
-    if kv_cache is not None:
-        kv_cache.index_copy_(3, cache_pos, torch.stack([k, v]))
+    if k_cache is not None:
+        k_cache.index_copy_(2, cache_pos, k)
+        v_cache.index_copy_(2, cache_pos, v)
     return q, k, v
 
 

@@ -26,9 +26,8 @@ class State:
 
         dev, e = engine.device, engine
         self.rows, self.length, self.slots = rows, length, slots
-        # keys and values of a layer in one tensor, so a decode step writes both with one kernel
-        self.kv = [torch.zeros(2, rows, e.kv_heads, length, e.head_dim, dtype=e.dtype, device=dev) for _ in e.layers]
-        self.k, self.v = [t[0] for t in self.kv], [t[1] for t in self.kv]
+        self.k = [torch.zeros(rows, e.kv_heads, length, e.head_dim, dtype=e.dtype, device=dev) for _ in e.layers]
+        self.v = [torch.zeros_like(t) for t in self.k]
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.cache_pos = torch.zeros(1, dtype=torch.long, device=dev)
