@@ -146,8 +146,12 @@ class FastEngine:
         self.pre, self.post = _layer_pre, _layer_post
         if compile_layers:
             _allow_recompiles()
-            self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False)
-            self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False)
+            # WORKBENCH_FAST_TUNE=1: inductor's coordinate-descent tuning of every generated kernel (an experiment:
+            # the small LoRA reductions' launch configs otherwise come out fast or ~4x slower from one compile to
+            # the next)
+            options = {"coordinate_descent_tuning": True} if os.environ.get("WORKBENCH_FAST_TUNE") == "1" else None
+            self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False, options=options)
+            self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False, options=options)
         self.compiled = bool(compile_layers)
         # the LoRA products of a decode step as generated reductions (fast_layers._proj; 1.07x per token on an H200,
         # BENCHMARKS.md); WORKBENCH_FAST_REDUCE=0 keeps them as matmuls
