@@ -146,10 +146,10 @@ class FastEngine:
         self.pre, self.post = _layer_pre, _layer_post
         if compile_layers:
             _allow_recompiles()
-            # WORKBENCH_FAST_TUNE=1: inductor's coordinate-descent tuning of every generated kernel (an experiment:
-            # the small LoRA reductions' launch configs otherwise come out fast or ~4x slower from one compile to
-            # the next)
-            options = {"coordinate_descent_tuning": True} if os.environ.get("WORKBENCH_FAST_TUNE") == "1" else None
+            # inductor's coordinate-descent tuning of every generated kernel: without it the small LoRA reductions'
+            # launch configs came out fast or ~4x slower from one compile to the next (5-6 s more compile, once per
+            # batch shape; BENCHMARKS.md). WORKBENCH_FAST_TUNE=0 turns it off
+            options = None if os.environ.get("WORKBENCH_FAST_TUNE", "1") == "0" else {"coordinate_descent_tuning": True}
             self.pre = torch.compile(_layer_pre, fullgraph=True, dynamic=False, options=options)
             self.post = torch.compile(_layer_post, fullgraph=True, dynamic=False, options=options)
         self.compiled = bool(compile_layers)
