@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from test_chat_support import QUESTION
+from workbench.chat import fast_engines
 from workbench.chat import fast_generate as fg
 from workbench.chat.streaming import PEFT_BASE, ChatSettings, stream_pair
 from workbench.config import ModelConfig
@@ -332,11 +333,11 @@ def test_cpu_default_is_plain_and_training_or_memory_keeps_the_plain_path(fp32, 
     engine, why = fg.engine_for(model, "cpu")
     assert engine is not None and why == ""
     # a run training elsewhere: no bf16 copy, and an existing one is dropped (training comes first)
-    monkeypatch.setattr(fg, "training_elsewhere", lambda: "20250101-000000-busy")
+    monkeypatch.setattr(fast_engines, "training_elsewhere", lambda: "20250101-000000-busy")
     engine, why = fg.engine_for(model, "cuda")
     assert engine is None and "20250101-000000-busy" in why and fg.cached_engine(model) is None
     # not enough free GPU memory for the dense copy: plain path, with the numbers
-    monkeypatch.setattr(fg, "training_elsewhere", lambda: None)
+    monkeypatch.setattr(fast_engines, "training_elsewhere", lambda: None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (64 * 2**20, 80 * 2**30))
     engine, why = fg.engine_for(model, "cuda")
     assert engine is None and "GB are free" in why

@@ -10,18 +10,17 @@ every weight on every step. This engine removes all three while computing the sa
   once instead of every step. It needs ~2 bytes per parameter of GPU memory (14.5 GB for 7B), so it is
   built only when no run is training and it fits in the free memory with a margin (training comes first);
   otherwise callers keep the plain path.
-- **LoRA per row**: every adapter of a request sits in a slot; each LoRA target group (qkv, o, gate/up,
-  down) does ``y += ((x @ A_all) * g) @ B_all`` where ``g`` holds, per row, the adapter's scale on its
-  own slot's ranks and 0 elsewhere. Base and tuned columns share one batch (one read of the weights per
-  step) and the computation is graph-capturable (no per-row Python routing as in peft's mixed batch).
-- **Static KV cache + CUDA graphs**: the cache is allocated once per (batch, length); the decode step is
-  captured once per attention window (256-token buckets, so a step reads only the cache it needs) and
-  replayed, so a token costs one graph launch. Prefill runs eagerly. The host reads each step's tokens
-  one step late (pinned copy + event), so the GPU never waits for Python.
-- On CUDA the per-layer math (norm, fused projections + LoRA, RoPE, SwiGLU) is compiled with
-  `torch.compile` before capture (one compile serves all 32 layers: weights are arguments; ~9 s once per
-  batch shape, 1.3x per token on an H200). ``WORKBENCH_FAST_COMPILE=0`` turns it off; a compile failure
-  falls back to the uncompiled functions.
+- **LoRA per row**: every adapter of a request sits in a slot; each LoRA target group (qkv, o, gate/up, down)
+  does ``y += ((x @ A_all) * g) @ B_all`` where ``g`` holds, per row, the adapter's scale on its own slot's ranks
+  and 0 elsewhere, so base and tuned columns share one batch (one read of the weights a step). A^T rides under the
+  dense weight's rows (one GEMM gives y and x @ A: `fold`), B^T is stored so the compiled reduction reads in order.
+- **Static KV cache + CUDA graphs**: the decode step is captured once per attention window (256-token buckets) and
+  replayed; chat-sized prompt passes too, per 64-token prompt width. The host reads each step's tokens one step
+  late (pinned copy + event), so the GPU never waits for Python.
+- **Fewer, fused kernels in a step**: the per-layer math is compiled with `torch.compile` (one compile serves all
+  layers; coordinate-descent tuned), with the cache write inside it; the mask is built once a step; the attention
+  is one Triton kernel (workbench.chat.decode_attention). Each lever has a WORKBENCH_FAST_* switch to measure
+  against (BENCHMARKS.md); a compile failure falls back to the uncompiled functions.
 
 Llama, Mistral and Qwen2-style models (RMSNorm, RoPE of any type HF's rotary module handles, GQA,
 SwiGLU) are supported; anything else (DoRA, LoRA on the embeddings, sliding windows shorter than the
@@ -34,61 +33,23 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from workbench import runs
 from workbench.chat import decode_attention, nf4_gemv
 from workbench.chat.fast_layers import (  # noqa: F401 (fg._dense, fg.Unsupported, fg.kv_bytes are used by callers)
-    GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, dense_bytes, kv_bytes)
+    GROUPS, Unsupported, _base_linear, _core, _dense, _layer_post, _layer_pre, _rms, allow_recompiles, dense_bytes,
+    kv_bytes)
 from workbench.chat import sampling
-from workbench.chat.fast_state import Slots, State, stack_slots
+from workbench.chat.fast_state import Layer, Slots, State, fold_in, lin_args, stack_slots
+# where callers get an engine (re-exported: callers use fast_generate.engine_for and the rest)
+from workbench.chat.fast_engines import (  # noqa: F401
+    MEMORY_MARGIN, active_lora, cached_engine, drop_engine, enabled, engine_for, training_elsewhere)
 
 SUPPORTED_TYPES = {"llama", "mistral", "qwen2"}
 WINDOW = 256  # attention-window bucket of the decode graphs (tokens)
 PREFILL_BUCKET = 64  # chat-sized prompts are left-padded to a multiple of this on CUDA, so their prefill can replay
 PREFILL_GRAPH_ROWS = 4  # batches of up to this many rows (chat's columns) prefill as CUDA graphs; evaluation's eagerly
 PREFILL_GRAPHS_KEPT = 4  # prompt widths whose prefill graph a state keeps
-MEMORY_MARGIN = 0.8  # the engine may take at most this share of the GPU memory free right now
-_ATTR = "_workbench_fast_engine"
-
-
-def enabled(device: str) -> bool:
-    """The fast path is the default on CUDA; WORKBENCH_FAST_GENERATE=0 turns it off, =all also uses it on a
-    CPU (no graphs there: for tests and experiments, plain generate is the CPU default)."""
-    mode = os.environ.get("WORKBENCH_FAST_GENERATE", "cuda")
-    return mode != "0" and (device == "cuda" or mode == "all")
-
-
-def training_elsewhere() -> str | None:
-    """A run training in another process (this one's own run, e.g. eval after training, does not count)."""
-    slot = runs.slot_holder()
-    return slot["run_id"] if slot and slot.get("pid") != os.getpid() else None
-
-
-@dataclass
-class _Layer:
-    ln1: object
-    ln2: object
-    eps1: float
-    eps2: float
-    w: dict  # group -> dense weight [out, in], with room below for folded LoRA A rows (the engine's `fold`)
-    b: dict  # group -> bias or None (zero-padded like w)
-    out: dict  # group -> the base weight's rows
-    q: dict | None = None  # group -> the 4-bit weights for the NF4 decode kernel (packed, absmax, code, blocksize)
-
-
-def _allow_recompiles(limit: int = 64) -> None:
-    """The layer math compiles once per batch shape (rows; adapter ranks in the slots). A long-lived app meets more
-    than dynamo's default 8 (chat with 1 or 2 rows, evaluation batches of every size, adapters of several ranks):
-    past that limit a compile fails and the engine fell back to the uncompiled layers (~0.8x) for good."""
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    for name, floor in (("recompile_limit", limit), ("cache_size_limit", limit),
-                        ("accumulated_recompile_limit", 8 * limit), ("accumulated_cache_size_limit", 8 * limit)):
-        if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) < floor:
-            setattr(cfg, name, floor)
 
 
 class FastEngine:
@@ -133,7 +94,7 @@ class FastEngine:
                     [x.to(self.dtype) if x is not None else torch.zeros(lin.out_features, dtype=self.dtype,
                                                                          device=self.device)
                      for x, lin in zip(biases, lins)])
-            self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+            self.layers.append(Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                                       layer.input_layernorm.variance_epsilon,
                                       layer.post_attention_layernorm.variance_epsilon, w, b,
                                       {g: m.shape[0] for g, m in w.items()}))
@@ -145,7 +106,7 @@ class FastEngine:
             compile_layers = cuda and os.environ.get("WORKBENCH_FAST_COMPILE", "1") != "0"
         self.pre, self.post = _layer_pre, _layer_post
         if compile_layers:
-            _allow_recompiles()
+            allow_recompiles()
             # inductor's coordinate-descent tuning of every generated kernel: without it the small LoRA reductions'
             # launch configs came out fast or ~4x slower from one compile to the next (5-6 s more compile, once per
             # batch shape; BENCHMARKS.md). WORKBENCH_FAST_TUNE=0 turns it off
@@ -193,50 +154,11 @@ class FastEngine:
             return None
         self._slots = slots
         self._states = {k: s for k, s in self._states.items() if s.slots is None}  # drop old-slot graphs
-        self._fold_in(slots)
+        if self.fold and fold_in(self.layers, slots):
+            self._states.clear()  # the buffers grew: graphs hold the old addresses
         return self._slots
 
-    def _fold_in(self, slots: Slots) -> None:
-        """Write each adapted group's stacked A^T under its base rows (growing the buffer when it has too little room:
-        then every captured graph goes, since graphs hold the old buffers' addresses)."""
-        import torch
-
-        if not self.fold:
-            return
-        moved = False
-        for (i, group), a in slots.a.items():
-            layer = self.layers[i]
-            out, width, w = layer.out[group], a.shape[1], layer.w[group]
-            if w.shape[0] < out + width:
-                moved = True
-                grown = torch.empty(out + width, w.shape[1], dtype=w.dtype, device=w.device)
-                grown[:out].copy_(w[:out])
-                layer.w[group] = w = grown
-                if layer.b[group] is not None:
-                    bias = torch.zeros(out + width, dtype=w.dtype, device=w.device)
-                    bias[:out].copy_(layer.b[group][:out])
-                    layer.b[group] = bias
-            w[out:out + width].copy_(a.t())
-        if moved:
-            self._states.clear()
-
     # -- the model ---------------------------------------------------------------------------
-
-    def _lin(self, st: State, i: int, group: str, weights: str) -> tuple:
-        """Layer i's `group` product for fast_layers._proj: (w, b, a, bm, gate, split)."""
-        layer = self.layers[i]
-        out, b, key = layer.out[group], layer.b[group], (i, group)
-        lora = st.slots is not None and key in st.slots.a
-        if weights == "q":  # the NF4 kernel's 4-bit weights (never folded)
-            return (layer.q[group], None if b is None else b[:out],
-                    *((st.slots.a[key], st.slots.bm[key], st.gate[key]) if lora else (None, None, None)), 0)
-        w = layer.w[group]
-        if not lora:
-            return w[:out], None if b is None else b[:out], None, None, None, 0
-        if self.fold:
-            rows = out + st.slots.a[key].shape[1]
-            return w[:rows], None if b is None else b[:rows], None, st.slots.bm[key], st.gate[key], out
-        return w[:out], None if b is None else b[:out], st.slots.a[key], st.slots.bm[key], st.gate[key], 0
 
     def _forward(self, st: State, ids, pos, mask, window: int | None):
         """Logits of the last position. window=None: prefill of ids [B,T] at cache 0..T-1 with mask
@@ -253,7 +175,7 @@ class FastEngine:
         reduce = self.reduce if chat_sized else ""
         for i, layer in enumerate(self.layers):
             cache = (st.k[i], st.v[i], st.cache_pos) if window is not None and self.fuse else ()
-            q, k, v = pre(x, layer.ln1, layer.eps1, self._lin(st, i, "qkv", weights), cos, sin, self.heads,
+            q, k, v = pre(x, layer.ln1, layer.eps1, lin_args(self.layers, st, self.fold, i, "qkv", weights), cos, sin, self.heads,
                           self.kv_heads, self.head_dim, reduce, *cache)
             if window is None:
                 st.k[i][:, :, :t] = k
@@ -275,8 +197,8 @@ class FastEngine:
                     attn = F.scaled_dot_product_attention(qg, st.k[i][:, :, :window], st.v[i][:, :, :window],
                                                           attn_mask=mask, scale=self.scaling)
                 attn = attn.reshape(bsz, 1, self.heads * self.head_dim)
-            x = post(x, attn, self._lin(st, i, "o", weights), layer.ln2, layer.eps2, self._lin(st, i, "gu", weights),
-                     self._lin(st, i, "d", weights), self.act, reduce)
+            x = post(x, attn, lin_args(self.layers, st, self.fold, i, "o", weights), layer.ln2, layer.eps2, lin_args(self.layers, st, self.fold, i, "gu", weights),
+                     lin_args(self.layers, st, self.fold, i, "d", weights), self.act, reduce)
         h = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return F.linear(h, self.lm_head).float()
 
@@ -474,73 +396,3 @@ class FastEngine:
             if run["cuda"]:
                 run["events"][step % 2].synchronize()
             return run["host"][step % 2].tolist()
-
-
-# -- where callers get an engine -------------------------------------------------------------------
-
-_BUILD_LOCK = threading.Lock()
-
-
-def cached_engine(model) -> FastEngine | None:
-    return getattr(_core(model), _ATTR, None)
-
-
-def drop_engine(model) -> bool:
-    """Forget the engine built for this model (its dense copy, caches and graphs go with it)."""
-    core = _core(model)
-    if getattr(core, _ATTR, None) is None:
-        return False
-    setattr(core, _ATTR, None)
-    from workbench import models
-
-    models.free_memory()
-    return True
-
-
-def engine_for(model, device: str, extra_bytes: int = 0, force: bool = False) -> tuple[FastEngine | None, str]:
-    """The model's engine (built on first use), or None and why the plain path is used instead.
-
-    Built only on CUDA (unless `force`), with no run training elsewhere (training comes first), and when its
-    dense copy plus `extra_bytes` fit in MEMORY_MARGIN of the GPU memory free now."""
-    if not force and not enabled(device):
-        return None, "fast path off (CPU, or WORKBENCH_FAST_GENERATE=0)"
-    core = _core(model)
-    busy = training_elsewhere() if device == "cuda" else None
-    if busy:
-        drop_engine(model)
-        return None, f"run '{busy}' is training: plain 4-bit generation (no bf16 copy while training)"
-    with _BUILD_LOCK:
-        engine = getattr(core, _ATTR, None)
-        if engine is not None:
-            return engine, ""
-        if getattr(core, _ATTR + "_unsupported", None):
-            return None, core.__dict__[_ATTR + "_unsupported"]
-        try:
-            dense = dense_bytes(model)
-            need = dense + extra_bytes + (int(dense * 0.3) if nf4_gemv.enabled(device) else 0)  # + fused 4-bit copies
-        except AttributeError as e:
-            return None, f"fast path unsupported for this model ({e})"
-        if device == "cuda":
-            import torch
-
-            free = torch.cuda.mem_get_info()[0]
-            if need > free * MEMORY_MARGIN:
-                return None, (f"fast path needs ~{need / 2**30:.1f} GB but {free / 2**30:.1f} GB are free: "
-                              f"plain 4-bit generation")
-        try:
-            engine = FastEngine(model)
-        except (Unsupported, AttributeError) as e:  # a layer layout the engine does not know: plain generate
-            core.__dict__[_ATTR + "_unsupported"] = f"fast path unsupported: {e}"
-            return None, core.__dict__[_ATTR + "_unsupported"]
-        setattr(core, _ATTR, engine)
-        return engine, ""
-
-
-def active_lora(model) -> tuple[str, ...]:
-    """The adapters a plain forward of this model would apply right now (none inside disable_adapter)."""
-    for mod in _core(model).modules():
-        if hasattr(mod, "lora_A") and hasattr(mod, "disable_adapters"):
-            if mod.disable_adapters or getattr(mod, "merged", False):
-                return ()
-            return tuple(a for a in mod.active_adapters if a in mod.lora_A)
-    return ()

@@ -66,6 +66,19 @@ def kv_bytes(model, rows: int, tokens: int) -> int:
     return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * tokens * rows * 2
 
 
+def allow_recompiles(limit: int = 64) -> None:
+    """The layer math compiles once per batch shape (rows; adapter ranks in the slots). A long-lived app meets more
+    than dynamo's default 8 (chat with 1 or 2 rows, evaluation batches of every size, adapters of several ranks):
+    past that limit a compile fails and the engine fell back to the uncompiled layers (~0.8x) for good."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name, floor in (("recompile_limit", limit), ("cache_size_limit", limit),
+                        ("accumulated_recompile_limit", 8 * limit), ("accumulated_cache_size_limit", 8 * limit)):
+        if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) < floor:
+            setattr(cfg, name, floor)
+
+
 def _rms(x, weight, eps):
     """transformers' LlamaRMSNorm, exactly (float32 statistics, cast back, then the weight)."""
     import torch

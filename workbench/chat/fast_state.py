@@ -18,6 +18,18 @@ class Slots:
     scale: dict  # (layer, group) -> [S*M*R]
 
 
+@dataclass
+class Layer:
+    ln1: object
+    ln2: object
+    eps1: float
+    eps2: float
+    w: dict  # group -> dense weight [out, in], with room below for folded LoRA A rows (the engine's `fold`)
+    b: dict  # group -> bias or None (zero-padded like w)
+    out: dict  # group -> the base weight's rows
+    q: dict | None = None  # group -> the 4-bit weights for the NF4 decode kernel (packed, absmax, code, blocksize)
+
+
 class State:
     """Static buffers for one batch shape: KV cache, step inputs, LoRA row gates, captured graphs."""
 
@@ -57,6 +69,46 @@ class State:
             self.gate[key].copy_(sel * scale)
         self.slot_of_row = tuple(slot_of_row)
 
+
+
+def fold_in(layers, slots: Slots) -> bool:
+    """Write each adapted group's stacked A^T under its base rows (the engine's `fold`: one GEMM reads both), growing a
+    buffer that has too little room. True when one grew: then captured graphs hold the old buffers' addresses."""
+    import torch
+
+    moved = False
+    for (i, group), a in slots.a.items():
+        layer = layers[i]
+        out, width, w = layer.out[group], a.shape[1], layer.w[group]
+        if w.shape[0] < out + width:
+            moved = True
+            grown = torch.empty(out + width, w.shape[1], dtype=w.dtype, device=w.device)
+            grown[:out].copy_(w[:out])
+            layer.w[group] = w = grown
+            if layer.b[group] is not None:
+                bias = torch.zeros(out + width, dtype=w.dtype, device=w.device)
+                bias[:out].copy_(layer.b[group][:out])
+                layer.b[group] = bias
+        w[out:out + width].copy_(a.t())
+    return moved
+
+
+def lin_args(layers, st: State, fold: bool, i: int, group: str, weights: str) -> tuple:
+    """Layer i's `group` product for fast_layers._proj: (w, b, a, bm, gate, split); `weights` "q": the NF4 kernel's
+    4-bit weights (never folded), "w": the dense copy."""
+    layer = layers[i]
+    out, b, key = layer.out[group], layer.b[group], (i, group)
+    lora = st.slots is not None and key in st.slots.a
+    if weights == "q":
+        return (layer.q[group], None if b is None else b[:out],
+                *((st.slots.a[key], st.slots.bm[key], st.gate[key]) if lora else (None, None, None)), 0)
+    w = layer.w[group]
+    if not lora:
+        return w[:out], None if b is None else b[:out], None, None, None, 0
+    if fold:
+        rows = out + st.slots.a[key].shape[1]
+        return w[:rows], None if b is None else b[:rows], None, st.slots.bm[key], st.gate[key], out
+    return w[:out], None if b is None else b[:out], st.slots.a[key], st.slots.bm[key], st.gate[key], 0
 
 
 def stack_slots(model, modules, layers, names: tuple, device) -> Slots | None:
