@@ -205,3 +205,26 @@ def test_a_table_too_small_to_split_is_said_in_the_data_tab_before_start_refuses
     state = data_tab._load("sample (shipped)", "", None, data_tab._empty_state())[0]
     state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
     assert "Too few rows" not in data_tab._refresh(state, "", 0, 0, "all rows")[0]
+
+
+def test_token_statistics_cut_at_the_limit_of_the_run_this_machine_would_start():
+    # Found by using the app: the statistics counted "longer than 512 tokens and would be cut" while the default run
+    # on a CPU (quick-demo-cpu) cuts at 256, so most cut examples went uncounted.
+    from workbench.config import preset
+    from workbench.ui import data_example, data_tab
+
+    assert data_example.default_max_length() == preset("quick-demo-cpu").model.max_seq_length == 256  # no GPU here
+    state = data_tab._load("sample (shipped)", "", None, data_tab._empty_state())[0]
+    state = data_tab._apply_mapping(state, "question", "answer", "", "")[0]
+    text, fig = data_example._token_stats(state, "chat", 64)
+    cut_64 = int(text.split("**")[1])
+    assert "longer than 64 tokens" in text and fig.layout.shapes[0].x0 == 64
+    cut_512 = int(data_example._token_stats(state, "chat", 512)[0].split("**")[1])
+    assert cut_64 > cut_512
+    for bad in (None, "", "abc", 0, 8, 10.5, float("nan"), 10**9):
+        text, fig = data_example._token_stats(state, "chat", bad)
+        assert "Cut at" in text and fig is None, bad
+    row = state["table"]["id"].iloc[0]
+    pieces, note = data_example._example(state, row, "chat", 16)
+    assert len(pieces) <= 16 and "cut at 16" in note
+    assert data_example._example(state, row, "chat", "x")[0] is None

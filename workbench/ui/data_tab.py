@@ -20,7 +20,7 @@ from workbench.ui import guard
 from workbench.ui import preference_panel
 from workbench.ui.data_saved import _autosave, _saved_text, _train_on_this  # noqa: F401 (tests call them here)
 from workbench.ui.data_download import _fetch, _show_licence  # noqa: F401
-from workbench.ui.data_example import _example, _example_and_row, _token_stats, row_detail
+from workbench.ui.data_example import _example, _example_and_row, _token_stats, default_max_length, row_detail
 
 SOURCES = ["sample (shipped)", "dbdemos folder", "file path", "upload"]
 PAGE_ROWS = 25  # rows per page of the browse table; a pager walks all matches
@@ -301,6 +301,9 @@ def build(demo: gr.Blocks) -> None:
         with gr.Row():
             row_pick = gr.Dropdown([], label="Row id", elem_id="data-row")
             template = gr.Radio(["chat", "instruction"], value="chat", label="Template")
+            max_length = gr.Number(default_max_length(), precision=0, label="Cut at (tokens)", elem_id="data-max-length",
+                                   info="The run's model.max_seq_length: longer examples are cut there. This "
+                                        "machine's default preset uses this value.")
         example = gr.HighlightedText(label="Formatted example (highlighted = carries loss)", elem_id="data-example",
                                      combine_adjacent=True, color_map={"loss": "green"})
         example_md = gr.Markdown()
@@ -327,7 +330,7 @@ def build(demo: gr.Blocks) -> None:
     private = {"api_visibility": "private"}
     browse_inputs = [state, query, min_chars, max_chars, view, page]
     browse_outputs = [summary, table, lengths, row_pick, page]
-    example_io = ([state, row_pick, template], [example, example_md, row_full])
+    example_io = ([state, row_pick, template, max_length], [example, example_md, row_full])
 
     def refresh(*args):
         s, df, fig, ids, pg = _refresh(*args)
@@ -380,8 +383,9 @@ def build(demo: gr.Blocks) -> None:
         _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     train_btn.click(_train_on_this, state, saved_md)
     row_pick.change(_example_and_row, *example_io, **private)
-    template.change(_example, [state, row_pick, template], [example, example_md], **private)
-    tok_btn.click(_token_stats, [state, template], [tok_md, tok_plot])
+    for control in (template, max_length):
+        control.change(_example, [state, row_pick, template, max_length], [example, example_md], **private)
+    tok_btn.click(_token_stats, [state, template, max_length], [tok_md, tok_plot])
     leak_btn.click(_leakage, [state, against], leak_md)
     export_btn.click(_export, state, export_file)
     licence_btn.click(_show_licence, None, fetch_md)
