@@ -62,3 +62,9 @@ def test_blind_review_in_the_browser(adapter_runs, app_server, page):
     expect(page.locator(".toast-body.error, .error")).to_have_count(0)
     assert len(reviews.votes(RUN_B)) == 1
     expect(status).not_to_contain_text("Stopping")
+
+    # Blind off: the cleared columns say at once which model is on which side (they stayed "Left | Right" before)
+    page.locator("#chat-blind input").uncheck()
+    expect(page.locator("#chat-left-head")).to_have_text("Base model (adapter off)")
+    expect(page.locator("#chat-right-head")).to_have_text(f"Fine-tuned: {RUN_B}")
+    expect(page.locator("#chat-vote-box")).to_be_hidden()

@@ -228,3 +228,14 @@ def test_token_statistics_cut_at_the_limit_of_the_run_this_machine_would_start()
     pieces, note = data_example._example(state, row, "chat", 16)
     assert len(pieces) <= 16 and "cut at 16" in note
     assert data_example._example(state, row, "chat", "x")[0] is None
+
+
+def test_clearing_or_turning_blind_off_heads_the_columns_with_the_models_of_the_next_send():
+    # Found by using the app: after Blind was switched off the headers stayed "Left | Right" until the next answer.
+    from workbench.ui import chat_tab
+
+    run = "20250101-000000-some-run"
+    assert chat_tab._clear(run, None, False)[4:6] == ("### Base model (adapter off)", f"### Fine-tuned: {run}")
+    assert chat_tab._clear(run, "20250102-000000-other", False)[4] == "### Fine-tuned: 20250102-000000-other"
+    for args in ((run, None, True), (None, None, False), ("<img src=x onerror=alert(1)>", None, False)):
+        assert chat_tab._clear(*args)[4:6] == ("### Left", "### Right"), args  # blind, no run, not a run id

@@ -274,8 +274,15 @@ def _voter(choice: str):
     return vote
 
 
-def _clear():
-    return [], [], None, "", "### Left", "### Right", "", *[gr.update(interactive=False)] * len(reviews.CHOICES)
+def _clear(run_id=None, other=None, blind=False):
+    """Empty columns, headed by what the next Send shows: "Left | Right" in a blind review, else which model is on
+    which side (switching Blind off used to leave "Left | Right" until the next answer)."""
+    try:  # names that are run ids (or the base side), never arbitrary text from the request
+        named = bool(run_id) and all(runs.validate_run_id(str(x)) for x in (run_id, other or chat.BASE))
+    except runs.RunError:
+        named = False
+    heads = headers((other or chat.BASE, run_id), False) if named and not blind else ("### Left", "### Right")
+    return [], [], None, "", *heads, "", *[gr.update(interactive=False)] * len(reviews.CHOICES)
 
 
 def _policy_text() -> str:
@@ -354,8 +361,8 @@ def build(demo: gr.Blocks) -> None:
     question.submit(_chat, chat_in, chat_out, api_visibility="private", show_progress="minimal")
     stop_btn.click(_stop, None, status, api_name="stop", concurrency_limit=None)  # never waits behind anything
     clear_out = [left_bot, right_bot, pending, reveal, left_head, right_head, status, *buttons]
-    clear_btn.click(_clear, None, clear_out, api_name="clear")
-    blind.change(_clear, None, clear_out, api_visibility="private").then(
+    clear_btn.click(_clear, [run_pick, other_pick, blind], clear_out, api_name="clear")
+    blind.change(_clear, [run_pick, other_pick, blind], clear_out, api_visibility="private").then(
         lambda b: gr.Column(visible=bool(b)), blind, vote_box, api_visibility="private")
     for choice, btn in vote_btns.items():
         btn.click(_voter(choice), [pending, reviewer, comment], [pending, reveal, tally, comment, left_head,
