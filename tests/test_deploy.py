@@ -255,3 +255,14 @@ def test_push_merged_folds_a_real_adapter_into_the_embedded_model():
         <= set(api.uploaded)
     assert 'subfolder="merged"' in api.uploaded_text["README.md"]
     assert json.loads(api.uploaded_text["merged/config.json"])["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_card_preview_without_a_repository_is_titled_by_the_run_not_adapter(trained_run):
+    # Found by using the app: with the repository box empty the preview was titled "adapter" (a fixed placeholder).
+    from workbench.ui import deploy_tab
+
+    card = deploy_tab._card(trained_run, "")
+    assert "\n# card-test\n" in card and "previewed as `you/card-test`" in card and "# adapter" not in card
+    typed = deploy_tab._card(trained_run, "alice/x")
+    assert "\n# x\n" in typed and "previewed as" not in typed
+    assert deploy_tab._card(trained_run, "not a repo").startswith("error:")

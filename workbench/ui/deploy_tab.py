@@ -3,10 +3,12 @@ publishing a run's adapter to the Hub with its model card. Pushing and deploying
 from __future__ import annotations
 
 import os
+import re
 
 import gradio as gr
 
 from workbench import paths, runs
+from workbench.config import ConfigError
 from workbench.deploy import hub_export
 from workbench.deploy import space
 from workbench.deploy import space_deploy
@@ -70,14 +72,31 @@ def card_markdown(card: str) -> str:
     return card
 
 
+def preview_repo(run_id: str) -> str:
+    """The repository a card is previewed for before one is typed: 'you/<the run's name>' (the card's title is the
+    repository's name, so a generic placeholder titled every preview "adapter")."""
+    name = ""
+    try:
+        name = runs.load_run_config(run_id).name
+    except (runs.RunError, ConfigError):  # the run id then; the card itself says what is wrong
+        pass
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name or run_id).strip("-.")[:80] or "adapter"
+    return f"you/{slug}"
+
+
 def _card(run_id: str, repo: str) -> str:
     if not run_id:
         return "Pick a run with a finished adapter first."
     try:
-        return card_markdown(hub_export.model_card(runs.validate_run_id(run_id),
-                                                   hub_export.validate_repo_id(repo or "you/adapter")))
-    except (runs.RunError, hub_export.HubError) as e:
+        run_id = runs.validate_run_id(run_id)
+        typed = (repo or "").strip()
+        card = card_markdown(hub_export.model_card(run_id, hub_export.validate_repo_id(typed or preview_repo(run_id))))
+    except (runs.RunError, hub_export.HubError, ConfigError) as e:
         return f"error: {e}"
+    if not typed:
+        card = (f"*No repository typed yet: previewed as `{preview_repo(run_id)}`; the card takes the name of the "
+                f"repository you push to.*\n\n" + card)
+    return card
 
 
 def _push(run_id: str, repo: str, private: bool, merged: bool, request: gr.Request) -> str:
