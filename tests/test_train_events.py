@@ -167,3 +167,22 @@ def test_the_last_step_done_reads_finishing_not_measuring():
     assert "finishing (final evaluation and save)" in done and "measuring" not in done
     early = progress_html({"state": "running", "step": 0, "total_steps": 6}, [])
     assert "measuring…" in early
+
+
+def test_a_resumed_run_says_it_is_loading_until_its_first_new_step_and_shows_no_stale_eta():
+    """Found by using the app: after Resume the progress line showed an ETA from the old pace while the model and the
+    checkpoint reloaded, with no word that anything was loading."""
+    from workbench.ui.run_view import progress_html
+
+    t0 = 1_700_000_000.0
+    events = [dict(log(s, loss=1.0), ts=t0 + s) for s in range(1, 5)]  # the first process: steps 1-4
+    started = "2023-11-14T22:14:00+00:00"  # the resumed process started after those (t0 + 40 s)
+    queued = progress_html({"state": "queued", "step": 4, "total_steps": 12}, events)
+    loading = progress_html({"state": "running", "step": 4, "total_steps": 12, "started_at": started}, events)
+    for html_text in (queued, loading):
+        assert "Resuming from step 4: loading the model and the checkpoint" in html_text
+    assert "ETA <span id='train-eta'>measuring…" in loading
+    later = progress_html({"state": "running", "step": 5, "total_steps": 12, "started_at": started},
+                          events + [dict(log(5, loss=0.9), ts=t0 + 300)])
+    assert "Resuming" not in later and "measuring" not in later  # a new step logged: the pace gives the ETA
+    assert "Resuming" not in progress_html({"state": "running", "step": 4, "total_steps": 12}, events)  # no start time

@@ -35,9 +35,14 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
     mem = memory_text(p)
     color = {"failed": "#dc2626", "completed": "#16a34a", "interrupted": "#d97706"}.get(state, "#2563eb")
     notes = [n for n in (p.get("reason"), p.get("nonfinite") and f"Warning: {p['nonfinite']}") if n]
+    reloading = state in ("queued", "running") and bool(events) and not logged_since_start(events, status)
     if state in ("queued", "running") and not step and not events:
         notes.insert(0, "Loading the model and preparing the data… (about half a minute on a CPU; the first "
                         "use of the embedded model also converts it once, ≈20 s)")
+    elif reloading:  # a resumed run before its first new log step: the old pace would give a stale ETA
+        notes.insert(0, f"Resuming from step {step}: loading the model and the checkpoint… (the ETA comes back with "
+                        f"the first new log step)")
+        eta = None
     reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes) + preference_line(status)
     steps_text = f"{step}/{total}" if total else f"{step}/…"
     if eta is None and state == "running" and total and step >= total:  # the last step is done: evaluation, saving
@@ -58,6 +63,20 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
             f"<div style='background:#e5e7eb;border-radius:4px;height:14px;margin-top:6px'>"
             f"<div style='background:{color};width:{frac * 100:.1f}%;height:14px;border-radius:4px'></div></div>"
             f"{reason}{scoring_line}</div>")
+
+
+def logged_since_start(events: list[dict], status: dict) -> bool:
+    """Whether the run's current process has logged a step (an event newer than status' started_at). A queued run
+    (resumed, its process not started yet) has not; a status without a start time counts as logged."""
+    from datetime import datetime
+
+    if status.get("state") == "queued":
+        return False
+    try:
+        started = datetime.fromisoformat(str(status["started_at"])).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return True
+    return any(isinstance(e, dict) and isinstance(e.get("ts"), (int, float)) and e["ts"] >= started for e in events)
 
 
 def preference_line(status: dict) -> str:
