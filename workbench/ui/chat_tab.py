@@ -111,7 +111,8 @@ def status_line(update: chat.PairUpdate, blind: bool, page_note: str = "") -> st
             text += f", {rate:.1f} tokens/s"
         parts.append(text)
     if not update.finished and not any(update.tokens):
-        return ("Preparing… (the first question loads the 4-bit model, ~10 s on a CPU; later ones start at once)"
+        return ("Preparing… (the first question loads the 4-bit model, ~10 s on a CPU; on a GPU it also builds fast "
+                "generation once, ~15 s; later ones start at once)"
                 + (f"\n\n{note}" if note else ""))
     head = ("Stopped" if update.stopped else "Done") if update.finished else "Generating…"
     tail = " — now vote below; the sides are revealed after your vote." if update.finished and blind else ""
