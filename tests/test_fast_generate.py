@@ -174,6 +174,32 @@ def test_bf16_greedy_tokens_equal_or_part_only_at_a_near_tie(bf16):
         assert (top2.values[0] - top2.values[1]).item() <= 0.01 * top2.values[0].abs().item() + 0.13, (row, first)
 
 
+def test_bf16_with_adapters_folded_equal_peft_or_part_only_at_a_near_tie(bf16):
+    """bf16 with LoRA (the default engine: A folded into the base GEMM in bf16, peft keeps it in float32): base and two
+    adapters' rows against peft's mixed batch, equal or parting only at a near-tie of peft's logits."""
+    model, tok = bf16
+    peft_model = _two_adapters(model, 2, ["q_proj", "k_proj", "v_proj", "o_proj"], ["v_proj", "down_proj"],
+                               other_alpha=8)
+    try:
+        engine = fg.FastEngine(peft_model)
+        assert engine.fold and peft_model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["tuned"].weight.dtype \
+            != engine.dtype  # the fold really rounds A to the engine's dtype here
+        prompts = [_prompt(tok, QUESTION)] * 3
+        adapters = [None, "tuned", "other"]
+        fast = _fast(engine, prompts, 16, adapters)
+        plain, scores = _plain(peft_model, tok, prompts, 16, adapter_names=[PEFT_BASE, "tuned", "other"], scores=True)
+        assert fast[0] != fast[1] or plain[0] != plain[1]  # the adapter changes the tuned row
+        for row, (f, p) in enumerate(zip(fast, plain)):
+            first = next((i for i, (a, b) in enumerate(zip(f, p)) if a != b), None)
+            if first is None:
+                continue
+            top2 = scores[first][row].float().topk(2)
+            assert f[first] == top2.indices[1].item(), (row, first)
+            assert (top2.values[0] - top2.values[1]).item() <= 0.01 * top2.values[0].abs().item() + 0.13, (row, first)
+    finally:
+        peft_model.unload()
+
+
 def test_engine_reads_weights_bitsandbytes_repacked_for_the_cpu(bf16):
     """After a plain forward, bitsandbytes keeps CPU weights in its AVX512 layout (absmax in bf16): the engine
     unpacks a copy (the model keeps working) and gets the same matrix up to that bf16 absmax."""
