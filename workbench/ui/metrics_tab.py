@@ -389,9 +389,7 @@ def build(demo: gr.Blocks) -> None:
         compare = gr.Dropdown([], multiselect=True, label="Scored runs", elem_id="metrics-compare")
         compare_note = gr.HTML(elem_id="metrics-compare-note")
         # Empty states: the table's own columns (not Gradio's placeholder "1 2 3") and a sentence instead of axes.
-        # ten columns: long run ids wrap in a wider first column so the last (Leakage) stays in view
-        compare_df = gr.Dataframe(compare_table([]), interactive=False, elem_id="metrics-compare-table", wrap=True,
-                                  column_widths=["22%", "8%", "8%", "8%", "8%", "8%", "8%", "7%", "11%", "12%"])
+        compare_df = gr.Dataframe(compare_table([]), interactive=False, elem_id="metrics-compare-table")
         compare_plot = gr.Plot(compare_chart([]), elem_id="metrics-compare-plot")
     with gr.Accordion("Export", open=False):
         with gr.Row():
