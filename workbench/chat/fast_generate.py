@@ -126,8 +126,9 @@ class FastEngine:
         # attention mask once per step as additive floats (SDPA converts a boolean mask on every call, each layer);
         # WORKBENCH_FAST_FUSE=0 keeps the separate cache writes and the boolean mask (to measure against)
         self.fuse = os.environ.get("WORKBENCH_FAST_FUSE", "1") != "0"
-        # decode attention as one Triton kernel (workbench.chat.decode_attention; on CUDA, with the additive mask)
-        self.attn_kernel = self.fuse and decode_attention.enabled(self.device)
+        # decode attention as one Triton kernel (workbench.chat.decode_attention; on CUDA, with the additive mask; bf16
+        # or fp16 only: its dot products would run float32 inputs as TF32)
+        self.attn_kernel = self.fuse and self.dtype != torch.float32 and decode_attention.enabled(self.device)
         # chat-sized prompt passes as CUDA graphs (_prefill); WORKBENCH_FAST_PREFILL_GRAPH=0 runs them eagerly
         self.prefill_graphs = os.environ.get("WORKBENCH_FAST_PREFILL_GRAPH", "1") != "0"
         self.compile_error = ""
