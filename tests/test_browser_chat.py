@@ -15,6 +15,9 @@ def test_blind_review_in_the_browser(adapter_runs, app_server, page):
     page.get_by_role("tab", name="Chat").click()
     run_box = page.locator("#chat-run input")
     expect(run_box).to_have_value(f"{RUN_B} (chat-negated)")  # newest run with an adapter is preselected
+    # Blind is off: the columns are headed by their models from the start (they read "Left | Right" until an answer)
+    expect(page.locator("#chat-left-head")).to_have_text("Base model (adapter off)")
+    expect(page.locator("#chat-right-head")).to_have_text(f"Fine-tuned: {RUN_B}")
     page.locator("#chat-blind input").check()
     expect(page.locator("#chat-vote-left")).to_be_visible()
     page.locator("#chat-reviewer textarea").fill("bea")
@@ -68,3 +71,14 @@ def test_blind_review_in_the_browser(adapter_runs, app_server, page):
     expect(page.locator("#chat-left-head")).to_have_text("Base model (adapter off)")
     expect(page.locator("#chat-right-head")).to_have_text(f"Fine-tuned: {RUN_B}")
     expect(page.locator("#chat-vote-box")).to_be_hidden()
+
+    # Clear while an answer streams: the answer stops and the columns stay empty (the stream used to refill them)
+    page.locator("#chat-max-new input").fill("200")
+    page.locator("#chat-question textarea").fill("Explain Delta Lake time travel in detail.")
+    page.locator("#chat-send").click()
+    expect(status).to_contain_text("Generating", timeout=120_000)
+    page.locator("#chat-clear").click()
+    page.wait_for_timeout(3000)  # long enough for a stream that was not stopped to write into the columns again
+    for column in ("#chat-left", "#chat-right"):
+        expect(page.locator(f"{column} [data-testid='bot']")).to_have_count(0)
+    expect(page.locator("#chat-send")).to_be_enabled()

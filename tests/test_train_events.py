@@ -169,20 +169,26 @@ def test_the_last_step_done_reads_finishing_not_measuring():
     assert "measuring…" in early
 
 
-def test_a_resumed_run_says_it_is_loading_until_its_first_new_step_and_shows_no_stale_eta():
+def test_a_resumed_run_says_it_is_loading_until_training_begins_and_shows_no_stale_eta_or_pace():
     """Found by using the app: after Resume the progress line showed an ETA from the old pace while the model and the
-    checkpoint reloaded, with no word that anything was loading."""
+    checkpoint reloaded, with no word that anything was loading; then the note outlived the first new step."""
     from workbench.ui.run_view import progress_html
 
     t0 = 1_700_000_000.0
     events = [dict(log(s, loss=1.0), ts=t0 + s) for s in range(1, 5)]  # the first process: steps 1-4
     started = "2023-11-14T22:14:00+00:00"  # the resumed process started after those (t0 + 40 s)
-    queued = progress_html({"state": "queued", "step": 4, "total_steps": 12}, events)
-    loading = progress_html({"state": "running", "step": 4, "total_steps": 12, "started_at": started}, events)
+    queued = progress_html({"state": "queued", "step": 4, "total_steps": 12, "start_step": None}, events)
+    loading = progress_html({"state": "running", "step": 4, "total_steps": 12, "started_at": started,
+                             "start_step": None}, events)
     for html_text in (queued, loading):
         assert "Resuming from step 4: loading the model and the checkpoint" in html_text
-    assert "ETA <span id='train-eta'>measuring…" in loading
-    later = progress_html({"state": "running", "step": 5, "total_steps": 12, "started_at": started},
-                          events + [dict(log(5, loss=0.9), ts=t0 + 300)])
-    assert "Resuming" not in later and "measuring" not in later  # a new step logged: the pace gives the ETA
-    assert "Resuming" not in progress_html({"state": "running", "step": 4, "total_steps": 12}, events)  # no start time
+    assert "ETA <span id='train-eta'>measuring…" in loading and "s/step" not in loading
+    # training began (the callback set start_step) and took a step, not yet logged: no note, still no stale pace
+    began = progress_html({"state": "running", "step": 5, "total_steps": 12, "started_at": started, "start_step": 4},
+                          events)
+    assert "Resuming" not in began and "measuring…" in began and "s/step" not in began
+    later = progress_html({"state": "running", "step": 6, "total_steps": 12, "started_at": started, "start_step": 4},
+                          events + [dict(log(6, loss=0.9), ts=t0 + 300)])
+    assert "Resuming" not in later and "measuring" not in later and "s/step" in later  # logged: pace and ETA
+    old = progress_html({"state": "running", "step": 4, "total_steps": 12}, events)  # a status from before this
+    assert "Resuming" not in old and "measuring" not in old

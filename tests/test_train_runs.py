@@ -134,8 +134,11 @@ def test_stop_then_resume_continues_at_the_right_step():
     assert ckpt is not None
     stopped_at = int(ckpt.name.split("-")[1])
     jobs.resume_run(run_id)
+    queued = runs.read_status(run_id)  # what the progress line reads while the new process loads
+    assert queued["step"] == stopped_at and queued["start_step"] is None, queued
     status = wait_state(run_id, {"completed", "failed"})
     assert status["state"] == "completed", status
+    assert status["start_step"] == stopped_at, status  # training began again at the checkpoint
     steps = steps_of(run_id)
     assert steps == list(range(1, 9)), steps  # no gap, no duplicate
     assert stopped_at >= 3

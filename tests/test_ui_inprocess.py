@@ -221,7 +221,7 @@ def test_token_statistics_cut_at_the_limit_of_the_run_this_machine_would_start()
     assert "longer than 64 tokens" in text and fig.layout.shapes[0].x0 == 64
     cut_512 = int(data_example._token_stats(state, "chat", 512)[0].split("**")[1])
     assert cut_64 > cut_512
-    for bad in (None, "", "abc", 0, 8, 10.5, float("nan"), 10**9):
+    for bad in (None, "", "abc", 0, 8, 10.5, 16.5, float("nan"), 10**9):  # 16.5: said, not rounded without a word
         text, fig = data_example._token_stats(state, "chat", bad)
         assert "Cut at" in text and fig is None, bad
     row = state["table"]["id"].iloc[0]

@@ -370,6 +370,7 @@ def test_push_failures_are_the_log_s_last_line_not_an_error_badge():
     run_id = fake_run("20250101-000004-no-adapter")
     log = deploy_tab._push(run_id, "alice/x", True, False, None)
     assert log.splitlines()[-1].startswith("error: ") and "adapter" in log
+    assert deploy_tab._push(run_id, "  ", True, False, None) == deploy_tab.NO_REPO  # what to do, not "'' is not…"
     with pytest.raises(gr.Error, match="not a valid run id"):  # a malformed id is still refused outright
         deploy_tab._push("../../etc", "alice/x", True, False, None)
 

@@ -41,7 +41,7 @@ class RunCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         stopping = self.run.stop_file.exists()
         self.run.write_status(state="stopping" if stopping else "running", total_steps=state.max_steps,
-                              step=state.global_step)
+                              step=state.global_step, start_step=state.global_step)  # model and checkpoint loaded
         self.last_log = (time.time(), state.num_input_tokens_seen or 0)
 
     def on_step_begin(self, args, state, control, model=None, **kw):

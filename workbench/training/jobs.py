@@ -190,14 +190,16 @@ def resume_run(run_id: str) -> str:
             reason = f"The run's configuration cannot be read, so it cannot resume: {e}"
             run.write_status(state="failed", ended_at=runs.now_iso(), reason=reason)
             raise JobError(reason) from None
+        at = {}
         if state != "queued":
             checkpoint, notes = checkpoints.pick_for_resume(run)
             if checkpoint is None:
                 found = "; ".join(notes) if notes else "no checkpoint was saved yet"
                 raise JobError(f"Run '{run_id}' has no intact checkpoint to resume from ({found}); start it again "
                                f"as a new run.")
+            at = {"step": runs.checkpoint_step(checkpoint)}  # the progress line counts from where training resumes
         run.stop_file.unlink(missing_ok=True)
-        run.write_status(state="queued", reason="", pid=None, pid_started=None)
+        run.write_status(state="queued", reason="", pid=None, pid_started=None, start_step=None, **at)
         pid = _spawn(run_id, resume=True)
         _claim(run_id, pid)
         run.write_status(**runs.process_record(pid))

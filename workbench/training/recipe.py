@@ -206,7 +206,7 @@ def _mark_started(run: runs.RunFolder) -> None:
     if not stopping:
         run.stop_file.unlink(missing_ok=True)  # left over from an earlier stop of this run
     run.write_status(state="stopping" if stopping else "running", **runs.process_record(),
-                     started_at=runs.now_iso(), reason="", ended_at=None)
+                     started_at=runs.now_iso(), reason="", ended_at=None, start_step=None)  # set when training begins
 
 
 def _config_failed(run: runs.RunFolder, exc: ConfigError) -> str:

@@ -209,6 +209,10 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
     page_note = chat.policy_status()  # what the notice above the columns says now
     try:
         for update in chat.chat_pair(sides[0], sides[1], question, old, settings, stop):
+            if getattr(stop, "cleared", False):  # Clear (or Blind, or other models) while streaming: stay cleared
+                off = gr.update(interactive=False)
+                yield [], [], *[gr.skip()] * 3, gr.skip(), None, "", *[off] * len(reviews.CHOICES), off
+                return
             for hist, text in zip(shown, update.texts):
                 hist[-1]["content"] = text
             pending = None
@@ -241,6 +245,7 @@ def _stop(request: gr.Request):
     guard.require(request, "chat")
     event = _STOPS.get(getattr(request, "session_hash", None) or "default")
     if event is not None:
+        event.cleared = True  # the stream ends without writing its answers back (see _chat)
         event.set()
     return gr.skip()
 
@@ -275,9 +280,14 @@ def _voter(choice: str):
     return vote
 
 
-def _clear(run_id=None, other=None, blind=False):
+def _clear(run_id=None, other=None, blind=False, request: gr.Request = None):
     """Empty columns, headed by what the next Send shows: "Left | Right" in a blind review, else which model is on
-    which side (switching Blind off used to leave "Left | Right" until the next answer)."""
+    which side (switching Blind off used to leave "Left | Right" until the next answer). An answer still streaming in
+    this session is stopped (its later updates would fill the cleared columns again)."""
+    event = _STOPS.get(getattr(request, "session_hash", None) or "default")
+    if event is not None:
+        event.cleared = True  # the stream ends without writing its answers back (see _chat)
+        event.set()
     try:  # names that are run ids (or the base side), never arbitrary text from the request
         named = bool(run_id) and all(runs.validate_run_id(str(x)) for x in (run_id, other or chat.BASE))
     except runs.RunError:
@@ -358,22 +368,27 @@ def build(demo: gr.Blocks) -> None:
     chat_in = [question, left_bot, right_bot, run_pick, other_pick, blind, system, temperature, top_p, max_new, seed,
                repeat]
     chat_out = [left_bot, right_bot, left_head, right_head, status, question, pending, reveal, *buttons, stop_btn]
-    send_btn.click(_chat, chat_in, chat_out, api_name="chat", show_progress="minimal")
-    question.submit(_chat, chat_in, chat_out, api_visibility="private", show_progress="minimal")
+    sends = [send_btn.click(_chat, chat_in, chat_out, api_name="chat", show_progress="minimal"),
+             question.submit(_chat, chat_in, chat_out, api_visibility="private", show_progress="minimal")]
     stop_btn.click(_stop, None, status, api_name="stop", concurrency_limit=None)  # never waits behind anything
     clear_out = [left_bot, right_bot, pending, reveal, left_head, right_head, status, *buttons]
-    clear_btn.click(_clear, [run_pick, other_pick, blind], clear_out, api_name="clear")
-    blind.change(_clear, [run_pick, other_pick, blind], clear_out, api_visibility="private").then(
+    clear_in = [run_pick, other_pick, blind]
+    # Clear, Blind and another pair of models start over: an answer still streaming is cancelled (and stopped)
+    clear_btn.click(_clear, clear_in, clear_out, api_name="clear", cancels=sends)
+    blind.change(_clear, clear_in, clear_out, api_visibility="private", cancels=sends).then(
         lambda b: gr.Column(visible=bool(b)), blind, vote_box, api_visibility="private")
     for choice, btn in vote_btns.items():
         btn.click(_voter(choice), [pending, reviewer, comment], [pending, reveal, tally, comment, left_head,
                                                                  right_head, *buttons], api_name=f"vote_{choice}")
     examples.click(lambda sample: sample[0] if isinstance(sample, (list, tuple)) else sample, examples, question,
                    api_visibility="private")
-    run_pick.change(_run_picked, [run_pick, other_pick], [other_pick, examples, tally], api_visibility="private")
-    other_pick.change(lambda r, o: tally_text(r, o), [run_pick, other_pick], tally, api_visibility="private")
+    run_pick.change(_run_picked, [run_pick, other_pick], [other_pick, examples, tally], api_visibility="private",
+                    cancels=sends).then(_clear, clear_in, clear_out, api_visibility="private")
+    other_pick.change(lambda r, o: tally_text(r, o), [run_pick, other_pick], tally, api_visibility="private",
+                      cancels=sends).then(_clear, clear_in, clear_out, api_visibility="private")
     refresh_out = [run_pick, other_pick, examples, tally, notice]
     refresh_btn.click(_refresh, [run_pick, other_pick], refresh_out, api_name="chat_refresh")
-    demo.load(_refresh, [run_pick, other_pick], refresh_out, api_visibility="private")
+    demo.load(_refresh, [run_pick, other_pick], refresh_out, api_visibility="private").then(
+        _clear, clear_in, clear_out, api_visibility="private")  # headed by the picked models from the start
     seen = gr.State("")
     gr.Timer(4.0).tick(_poll, [run_pick, other_pick, seen], [seen, *refresh_out], api_visibility="private")

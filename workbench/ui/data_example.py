@@ -37,7 +37,7 @@ def _limit(value) -> int | None:
 
 def _limit_problem() -> str:
     return (f"⚠️ **Cut at** must be a whole number of tokens from {LIMIT_RANGE[0]} to {LIMIT_RANGE[1]:,} "
-            f"(the run's model.max_seq_length).")
+            f"(the longest example a run trains on).")
 
 
 def row_detail(state, row_id) -> str:

@@ -301,9 +301,10 @@ def build(demo: gr.Blocks) -> None:
         with gr.Row():
             row_pick = gr.Dropdown([], label="Row id", elem_id="data-row")
             template = gr.Radio(["chat", "instruction"], value="chat", label="Template")
-            max_length = gr.Number(default_max_length(), precision=0, label="Cut at (tokens)", elem_id="data-max-length",
-                                   info="The run's model.max_seq_length: longer examples are cut there. This "
-                                        "machine's default preset uses this value.")
+            max_length = gr.Number(default_max_length(), label="Cut at (tokens)", elem_id="data-max-length",
+                                   info="Training cuts longer examples here (the Train tab's \"Longest example\"). "
+                                        "It starts at the value of the preset this machine runs by default; change "
+                                        "it to see another run's cut. Press Enter to apply.")
         example = gr.HighlightedText(label="Formatted example (highlighted = carries loss)", elem_id="data-example",
                                      combine_adjacent=True, color_map={"loss": "green"})
         example_md = gr.Markdown()
@@ -383,8 +384,10 @@ def build(demo: gr.Blocks) -> None:
         _example_and_row, *example_io, **private).then(_autosave, state, saved_md, **private)
     train_btn.click(_train_on_this, state, saved_md)
     row_pick.change(_example_and_row, *example_io, **private)
-    for control in (template, max_length):
-        control.change(_example, [state, row_pick, template, max_length], [example, example_md], **private)
+    example_in = [state, row_pick, template, max_length]
+    template.change(_example, example_in, [example, example_md], **private)
+    for done in (max_length.submit, max_length.blur):  # not on every keystroke ("5" on the way to "512")
+        done(_example, example_in, [example, example_md], **private)
     tok_btn.click(_token_stats, [state, template, max_length], [tok_md, tok_plot])
     leak_btn.click(_leakage, [state, against], leak_md)
     export_btn.click(_export, state, export_file)

@@ -99,6 +99,9 @@ def _card(run_id: str, repo: str) -> str:
     return card
 
 
+NO_REPO = "Type the model repository to push to (owner/name, e.g. alice/smollm2-databricks-lora) first."
+
+
 def _push(run_id: str, repo: str, private: bool, merged: bool, request: gr.Request) -> str:
     """The push log. A failure is its last line (and a toast), after the lines of what was done before it: raising
     instead would drop those lines and mark the log "Error"."""
@@ -110,6 +113,9 @@ def _push(run_id: str, repo: str, private: bool, merged: bool, request: gr.Reque
         runs.validate_run_id(run_id)  # a malformed id is refused outright (never a path)
     except runs.RunError as e:
         raise guard.refusal(str(e)) from None
+    if not (repo or "").strip():  # said as what to do, not as "'' is not a Hub repository id"
+        gr.Warning(NO_REPO)
+        return NO_REPO
     lines: list[str] = []
     try:
         hub_export.push(run_id, repo, merged=bool(merged), private=bool(private), log=lambda m: lines.append(str(m)))

@@ -35,14 +35,15 @@ def progress_html(status: dict, events: list[dict], scoring: dict | None = None)
     mem = memory_text(p)
     color = {"failed": "#dc2626", "completed": "#16a34a", "interrupted": "#d97706"}.get(state, "#2563eb")
     notes = [n for n in (p.get("reason"), p.get("nonfinite") and f"Warning: {p['nonfinite']}") if n]
-    reloading = state in ("queued", "running") and bool(events) and not logged_since_start(events, status)
+    resumed = state in ("queued", "running") and bool(events)
     if state in ("queued", "running") and not step and not events:
         notes.insert(0, "Loading the model and preparing the data… (about half a minute on a CPU; the first "
                         "use of the embedded model also converts it once, ≈20 s)")
-    elif reloading:  # a resumed run before its first new log step: the old pace would give a stale ETA
-        notes.insert(0, f"Resuming from step {step}: loading the model and the checkpoint… (the ETA comes back with "
-                        f"the first new log step)")
-        eta = None
+    elif resumed and (state == "queued" or ("start_step" in status and status["start_step"] is None)):
+        # a resumed run's new process is loading (training has not begun: the callback sets start_step)
+        notes.insert(0, f"Resuming from step {step}: loading the model and the checkpoint…")
+    if resumed and not logged_since_start(events, status):  # no step logged by this process: the old pace would
+        eta, pace = None, ""  # give a stale ETA; it comes back with the first new log step
     reason = "".join(f"<div class='wb-warn'>{html.escape(str(n))}</div>" for n in notes) + preference_line(status)
     steps_text = f"{step}/{total}" if total else f"{step}/…"
     if eta is None and state == "running" and total and step >= total:  # the last step is done: evaluation, saving
