@@ -275,6 +275,10 @@ def test_chat_stop_never_overwrites_the_status():
     assert chat_tab._stop(Req()) == gr.skip()  # nothing generating: the status line stays as it was
     event = chat_tab._STOPS["s1"] = __import__("threading").Event()
     assert chat_tab._stop(Req()) == gr.skip() and event.is_set()  # the stream itself reports "Stopped"
+    assert not getattr(event, "cleared", False)  # Stop keeps the answers so far; only Clear drops them
+    cleared = chat_tab._STOPS["s1"] = __import__("threading").Event()
+    chat_tab._clear("run-x", None, False, Req())
+    assert cleared.is_set() and cleared.cleared
     chat_tab._STOPS.pop("s1")
 
 

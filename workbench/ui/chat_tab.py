@@ -245,8 +245,7 @@ def _stop(request: gr.Request):
     guard.require(request, "chat")
     event = _STOPS.get(getattr(request, "session_hash", None) or "default")
     if event is not None:
-        event.cleared = True  # the stream ends without writing its answers back (see _chat)
-        event.set()
+        event.set()  # the answers so far stay (Clear, unlike Stop, drops them)
     return gr.skip()
 
 
