@@ -104,6 +104,7 @@ def test_votes_become_pairs_a_preference_run_and_a_blind_comparison_with_its_par
     page.locator("#train-start").click()
     expect(page.locator("#train-pref-line")).to_contain_text(PARENT, timeout=60_000)  # the new run is shown
     expect(page.locator("#train-state")).to_have_text("completed", timeout=240_000)
+    expect(page.locator("#train-pref-line")).to_contain_text(PARENT)  # the completed run shown is the new child
     child = next(r["id"] for r in runs.list_runs() if r["id"] != PARENT)
     expect(page.locator("#train-curves")).to_contain_text("Reward margin")
     expect(page.locator("#train-curves")).to_contain_text("Preference accuracy")

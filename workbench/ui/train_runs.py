@@ -74,14 +74,17 @@ def _runs_tick(run_id, seen):
     key, active = _runs_key()
     if key == seen:
         return (gr.skip(),) * 4
-    pick = run_id
     if active and active != run_id:
         try:
             shown_active = bool(run_id) and runs.read_status(run_id).get("state") in runs.ACTIVE_STATES
         except runs.RunError:
             shown_active = False
-        pick = run_id if shown_active else active
-    return (key, *_history(pick))
+        if not shown_active:
+            return (key, *_history(active))
+    listed, table, compare = _history(run_id)
+    if run_id in listed["choices"]:  # the shown run stays: its value is not sent back, since this tick's run_id may
+        listed = gr.update(choices=listed["choices"])  # be stale (Start picked its new run after the tick was sent)
+    return key, listed, table, compare
 
 
 def _compare_choices(run_id, chosen):
