@@ -139,31 +139,22 @@ def levers(engine, prompt, lever: dict) -> None:
                                                                                  repeats=1)
     finally:
         engine.use_graphs = True
+    import gpu_suite
     from workbench.chat import fast_generate as fg
 
-    for lever_env, what in (("WORKBENCH_FAST_REDUCE", "LoRA products as matmuls, not reductions"),
-                            ("WORKBENCH_FAST_FOLD", "LoRA A apart, not folded into the base GEMM"),
-                            ("WORKBENCH_FAST_FUSE", "separate cache writes and a boolean mask"),
-                            ("WORKBENCH_FAST_ATTN", "SDPA (cuDNN) decode attention, not the Triton kernel"),
-                            ("WORKBENCH_FAST_PREFILL_GRAPH", "eager chat prefill, not a CUDA graph")):  # each lever off
-        os.environ[lever_env] = "0"
-        try:
-            other = fg.FastEngine(engine.model_ref())
-            lever[f"{what} ({lever_env}=0), 2 rows + LoRA"] = engine_rate(other, prompt, [None, "tuned"])
-            del other
-        finally:
-            os.environ.pop(lever_env, None)
+    variants = [(env, "0", f"{what} ({env}=0), 2 rows + LoRA") for env, what in (  # each default lever off
+        ("WORKBENCH_FAST_REDUCE", "LoRA products as matmuls, not reductions"),
+        ("WORKBENCH_FAST_FOLD", "LoRA A apart, not folded into the base GEMM"),
+        ("WORKBENCH_FAST_FUSE", "separate cache writes and a boolean mask"),
+        ("WORKBENCH_FAST_ATTN", "SDPA (cuDNN) decode attention, not the Triton kernel"),
+        ("WORKBENCH_FAST_PREFILL_GRAPH", "eager chat prefill, not a CUDA graph"))]
     if not engine.nf4:  # the NF4 decode kernel (off by default: workbench/chat/nf4_gemv.py) in the whole engine
-        from workbench.chat import fast_generate as fg
-
-        os.environ["WORKBENCH_FAST_NF4"] = "1"
-        try:
+        variants.append(("WORKBENCH_FAST_NF4", "1", "decode from the 4-bit weights (NF4 kernel on), 2 rows + LoRA"))
+    for env, value, label in variants:
+        with gpu_suite.env_set(**{env: value}):
             other = fg.FastEngine(engine.model_ref())
-            lever["decode from the 4-bit weights (NF4 kernel on), 2 rows + LoRA"] = engine_rate(
-                other, prompt, [None, "tuned"])
+            lever[label] = engine_rate(other, prompt, [None, "tuned"])
             del other
-        finally:
-            os.environ.pop("WORKBENCH_FAST_NF4", None)
     emit(bench="lever", engine_decodes_from="4-bit weights (NF4 kernel)" if engine.nf4 else "dense bf16 copy")
     for name, rate in lever.items():
         emit(bench="lever", variant=name, tokens_per_s_per_row=round(rate, 1))

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import gpu_suite  # noqa: E402
 from generate_speed import NEW_TOKENS, bench_model, chat_once, emit, engine_rate, questions  # noqa: E402
 
 WINDOW = 256
@@ -155,9 +156,7 @@ def measure(model, tok, held, prompt, variant: str) -> dict:
     from workbench.chat.streaming import ChatSettings
 
     fg.drop_engine(model)
-    saved = {k: os.environ.get(k) for k in _env(variant)}
-    os.environ.update(_env(variant))
-    try:
+    with gpu_suite.env_set(**_env(variant)):
         warm = ChatSettings(max_new_tokens=8, temperature=0.0, repetition_penalty=1.0)
         settings = ChatSettings(max_new_tokens=NEW_TOKENS, temperature=0.0, repetition_penalty=1.0)
         t = time.perf_counter()
@@ -188,12 +187,6 @@ def measure(model, tok, held, prompt, variant: str) -> dict:
                "kernel_us_per_step": round(sum(k["us_per_step"] for k in kernels), 1), **parts,
                "top_kernels": kernels[:25]}
         return row
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main() -> None:

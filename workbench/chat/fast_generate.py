@@ -54,6 +54,22 @@ PREFILL_GRAPH_MAX_WIDTH = 1024  # longer prompts prefill eagerly: a graph keeps 
 # 2 x 1,024 tokens for a 7B model), while the launch time it saves (~65 ms) matters less next to a long prompt's pass
 
 
+def _captured(warm_up: Callable[[], object], step: Callable[[], object]) -> tuple:
+    """(graph, step's output buffers): warm_up() runs on a side stream first (allocations, compiles), then step() is
+    captured as a CUDA graph whose replay recomputes that output in place."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm_up()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = step()
+    return graph, out
+
+
 class FastEngine:
     """Dense bf16 copy of a Llama/Mistral/Qwen2 model with per-row LoRA, static cache and graphed decode."""
 
@@ -215,13 +231,10 @@ class FastEngine:
 
     def _graph(self, st: State, window: int):
         """The decode step for this attention window as a CUDA graph (captured on first use)."""
-        import torch
-
         if window in st.graphs:
             return st.graphs[window]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (also compiles, if compiling): same inputs, same cache writes
+
+        def warm_up():  # also compiles, if compiling: same inputs, same cache writes
             try:
                 for _ in range(2 if self.compiled else 1):
                     self._decode_step(st, window)
@@ -231,11 +244,8 @@ class FastEngine:
                 self.pre, self.post, self.compiled = _layer_pre, _layer_post, False
                 self.compile_error = f"{type(e).__name__}: {str(e)[:200]}"
                 self._decode_step(st, window)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            logits = self._decode_step(st, window)
-        st.graphs[window] = (graph, logits)
+
+        st.graphs[window] = _captured(warm_up, lambda: self._decode_step(st, window))
         return st.graphs[window]
 
     def _state(self, rows: int, length: int, slots: Slots | None) -> State:
@@ -301,8 +311,6 @@ class FastEngine:
     def _prefill(self, st: State, ids, pos, mask):
         """The prompt pass: eager, or for chat-sized batches a CUDA graph per prompt width (captured on first use;
         eager prefill is ~2,000 kernel launches, tens of ms of CPU time before the first token)."""
-        import torch
-
         width = ids.shape[1]
         if not (self.use_graphs and st.rows <= PREFILL_GRAPH_ROWS and self.prefill_graphs
                 and width <= PREFILL_GRAPH_MAX_WIDTH):
@@ -310,14 +318,7 @@ class FastEngine:
         if width not in st.prefills:
             inputs = (ids.clone(), pos.clone(), mask.clone())
             try:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._forward(st, *inputs, None)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    logits = self._forward(st, *inputs, None)
+                graph, logits = _captured(*[lambda: self._forward(st, *inputs, None)] * 2)
             except RuntimeError as e:  # something in this model's prompt pass cannot be captured: eager from now on
                 self.prefill_graphs = False
                 self.compile_error = self.compile_error or f"prefill graph: {str(e)[:200]}"

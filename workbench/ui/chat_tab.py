@@ -203,7 +203,7 @@ def _chat(question, left_hist, right_hist, run_id, other, blind, system, tempera
     old = (chat.normalize_history(left_hist), chat.normalize_history(right_hist))
     question = str(question or "").strip()
     shown = [h + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}] for h in old]
-    key = getattr(request, "session_hash", None) or "default"
+    key = _session(request)
     stop = _STOPS[key] = threading.Event()
     heads = headers(sides, bool(blind))
     page_note = chat.policy_status()  # what the notice above the columns says now
@@ -243,10 +243,22 @@ def _stop(request: gr.Request):
     """Ask the running generation to stop. It answers nothing itself: the stream's own last update says
     'Stopped', so a late reply here can never overwrite it."""
     guard.require(request, "chat")
-    event = _STOPS.get(getattr(request, "session_hash", None) or "default")
-    if event is not None:
-        event.set()  # the answers so far stay (Clear, unlike Stop, drops them)
+    _stop_stream(request, clear=False)  # the answers so far stay
     return gr.skip()
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "default"
+
+
+def _stop_stream(request, clear: bool) -> None:
+    """Stop this session's streaming answer, if any. With `clear` (Clear, unlike Stop, drops the answers) the stream
+    ends without writing them back (see _chat)."""
+    event = _STOPS.get(_session(request))
+    if event is not None:
+        if clear:
+            event.cleared = True
+        event.set()
 
 
 def _vote(choice: str, pending, reviewer, comment, request):
@@ -283,10 +295,7 @@ def _clear(run_id=None, other=None, blind=False, request: gr.Request = None):
     """Empty columns, headed by what the next Send shows: "Left | Right" in a blind review, else which model is on
     which side (switching Blind off used to leave "Left | Right" until the next answer). An answer still streaming in
     this session is stopped (its later updates would fill the cleared columns again)."""
-    event = _STOPS.get(getattr(request, "session_hash", None) or "default")
-    if event is not None:
-        event.cleared = True  # the stream ends without writing its answers back (see _chat)
-        event.set()
+    _stop_stream(request, clear=True)
     try:  # names that are run ids (or the base side), never arbitrary text from the request
         named = bool(run_id) and all(runs.validate_run_id(str(x)) for x in (run_id, other or chat.BASE))
     except runs.RunError:
